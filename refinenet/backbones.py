@@ -1,0 +1,169 @@
+"""Backbones that expose their feature maps by stride, so the decoder never hard-codes channels.
+
+Every backbone returns a list of feature maps described by ``feature_info``: one entry per tap
+with its stride (4, 8, 16 or 32 relative to the input) and channel count, in the spirit of timm's
+``features_only`` models. A RefineNet level is "all taps at one stride": one tap for ResNet and
+torchvision's MobileNetV2, two at strides 16 and 32 for the authors' MobileNet-v2.
+
+Module names inside each backbone are those of its usual checkpoints (torchvision's keys for
+ResNet and MobileNetV2, the Light-Weight RefineNet authors' keys for theirs), so ImageNet or
+converted weights load without renaming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torchvision.models as tvm
+from torch import Tensor, nn
+
+BACKBONES = ("resnet50", "resnet101", "resnet152", "mobilenetv2", "mobilenetv2-lw-authors")
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One feature map a backbone exposes: its stride, channels and the module that makes it."""
+
+    stride: int
+    channels: int
+    module: str
+
+
+class Backbone(nn.Module):
+    """Base class: ``forward(x)`` returns one tensor per entry of ``feature_info``."""
+
+    feature_info: list[FeatureInfo]
+
+    def strides(self) -> list[int]:
+        """The distinct strides, finest first: the RefineNet levels 1..4."""
+        return sorted({f.stride for f in self.feature_info})
+
+    def channels_at(self, stride: int) -> list[int]:
+        return [f.channels for f in self.feature_info if f.stride == stride]
+
+
+class ResNetBackbone(Backbone):
+    """torchvision ResNet without its classifier; taps ``layer1..layer4`` (strides 4..32)."""
+
+    def __init__(self, depth: int = 101, weights: str | None = None) -> None:
+        super().__init__()
+        builders = {50: (tvm.resnet50, tvm.ResNet50_Weights), 101: (tvm.resnet101, tvm.ResNet101_Weights),
+                    152: (tvm.resnet152, tvm.ResNet152_Weights)}
+        if depth not in builders:
+            raise ValueError(f"ResNet depth must be 50, 101 or 152, not {depth}")
+        build, weight_enum = builders[depth]
+        net = build(weights=weight_enum[weights] if weights else None)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.feature_info = [FeatureInfo(4 * 2**i, 256 * 2**i, f"layer{i + 1}") for i in range(4)]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c1 = self.layer1(x)
+        c2 = self.layer2(c1)
+        c3 = self.layer3(c2)
+        c4 = self.layer4(c3)
+        return [c1, c2, c3, c4]
+
+
+class MobileNetV2Backbone(Backbone):
+    """torchvision MobileNetV2 ``features[0:18]`` (the final 1x1 to 1280 channels is dropped).
+
+    Taps after blocks 3, 6, 13 and 17: 24, 32, 96 and 320 channels at strides 4, 8, 16, 32.
+    """
+
+    taps = {3: 4, 6: 8, 13: 16, 17: 32}
+
+    def __init__(self, weights: str | None = None) -> None:
+        super().__init__()
+        net = tvm.mobilenet_v2(weights=tvm.MobileNet_V2_Weights[weights] if weights else None)
+        self.features = net.features[:18]
+        self.feature_info = [
+            FeatureInfo(stride, self.features[i].out_channels, f"features.{i}") for i, stride in self.taps.items()
+        ]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        out = []
+        for i, block in enumerate(self.features):
+            x = block(x)
+            if i in self.taps:
+                out.append(x)
+        return out
+
+
+def _conv_bn(
+    in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, groups: int = 1, act: bool = True
+) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_ch),
+    ]
+    if act:
+        layers.append(nn.ReLU6())
+    return nn.Sequential(*layers)
+
+
+class _AuthorsInvertedResidual(nn.Module):
+    """Inverted residual block of the authors' MobileNet-v2: unlike torchvision's, even the
+    expansion-1 block has its 1x1 expansion conv (hence the key ``output.0`` everywhere)."""
+
+    def __init__(self, in_ch: int, out_ch: int, expansion: int, stride: int) -> None:
+        super().__init__()
+        hidden = in_ch * expansion
+        self.residual = stride == 1 and in_ch == out_ch
+        self.output = nn.Sequential(
+            _conv_bn(in_ch, hidden, 1),
+            _conv_bn(hidden, hidden, 3, stride, groups=hidden),
+            _conv_bn(hidden, out_ch, 1, act=False),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.output(x)
+        return x + out if self.residual else out
+
+
+class AuthorsMobileNetV2Backbone(Backbone):
+    """The MobileNet-v2 of the Light-Weight RefineNet authors (keys ``layer1..layer8``).
+
+    Exposes six taps, as their decoder uses them: layer3 (24 ch, stride 4), layer4 (32, 8),
+    layer5 and layer6 (64 and 96, 16), layer7 and layer8 (160 and 320, 32).
+    """
+
+    # (expansion, channels, blocks, stride) for layer2..layer8, as in the MobileNet-v2 paper.
+    settings = (
+        (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer1 = _conv_bn(3, 32, 3, stride=2)
+        in_ch, stride = 32, 2
+        self.feature_info = []
+        for index, (t, c, n, s) in enumerate(self.settings, start=2):
+            blocks = [_AuthorsInvertedResidual(in_ch if i == 0 else c, c, t, s if i == 0 else 1) for i in range(n)]
+            setattr(self, f"layer{index}", nn.Sequential(*blocks))
+            in_ch, stride = c, stride * s
+            if index >= 3:
+                self.feature_info.append(FeatureInfo(stride, c, f"layer{index}"))
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.layer2(self.layer1(x))
+        out = []
+        for index in range(3, 9):
+            x = getattr(self, f"layer{index}")(x)
+            out.append(x)
+        return out
+
+
+def build_backbone(name: str, weights: str | None = None) -> Backbone:
+    """Build a backbone by name (see ``BACKBONES``); ``weights`` is a torchvision weights name
+    such as ``"IMAGENET1K_V1"``, fetched through torchvision's own download and cache."""
+    if name.startswith("resnet") and name[6:].isdigit():
+        return ResNetBackbone(int(name[6:]), weights)
+    if name == "mobilenetv2":
+        return MobileNetV2Backbone(weights)
+    if name == "mobilenetv2-lw-authors":
+        if weights:
+            raise ValueError("the authors' MobileNet-v2 has no torchvision weights; convert their checkpoint")
+        return AuthorsMobileNetV2Backbone()
+    raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
