@@ -1,0 +1,127 @@
+"""Evaluation: confusion matrices, per-class IoU, mean IoU and pixel accuracy.
+
+Conventions (the usual ones for CamVid and PASCAL VOC): pixels labelled ``ignore_index`` are
+left out entirely; IoU of class c is ``TP / (TP + FP + FN)``; a class that appears neither in
+the ground truth nor in the predictions has no IoU (NaN) and is left out of the mean, while a
+class that is predicted but never present scores 0.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = None) -> Tensor:
+    """``num_classes x num_classes`` int64 counts, rows = ground truth, columns = prediction."""
+    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+    keep = (target >= 0) & (target < num_classes)
+    if ignore_index is not None:
+        keep &= target != ignore_index
+    index = target[keep] * num_classes + pred[keep].clamp(0, num_classes - 1)
+    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def metrics_from_confusion(confusion: Tensor | np.ndarray, class_names: Sequence[str] | None = None) -> dict:
+    """Per-class IoU, mean IoU, pixel accuracy and mean class accuracy, as plain floats (IoU and
+    accuracies in percent; ``None`` for classes without any pixel in prediction or truth)."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    tp = np.diag(cm)
+    gt = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    union = gt + predicted - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+        class_acc = np.where(gt > 0, tp / gt, np.nan)
+    names = list(class_names) if class_names is not None else [str(i) for i in range(len(cm))]
+    total = cm.sum()
+    return {
+        "mIoU": float(np.nanmean(iou) * 100) if np.isfinite(iou).any() else float("nan"),
+        "pixel_accuracy": float(tp.sum() / total * 100) if total else float("nan"),
+        "mean_class_accuracy": float(np.nanmean(class_acc) * 100) if np.isfinite(class_acc).any() else float("nan"),
+        "per_class_iou": {n: (None if np.isnan(v) else float(v * 100)) for n, v in zip(names, iou, strict=True)},
+    }
+
+
+def segment_logits(model: nn.Module, x: Tensor, out_size: tuple[int, int], scales: Sequence[float] = (1.0,),
+                   flip: bool = False) -> Tensor:
+    """Class probabilities at ``out_size``, averaged over input scales and horizontal flips.
+
+    Softmax before averaging keeps every scale's vote on the same footing; logits at 1/4 are
+    upsampled bilinearly to the target size (paper section 3).
+    """
+    total = None
+    for scale in scales:
+        size = (max(8, round(x.shape[-2] * scale)), max(8, round(x.shape[-1] * scale)))
+        xs = x if scale == 1.0 else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        views = [xs, xs.flip(-1)] if flip else [xs]
+        for i, view in enumerate(views):
+            logits = model(view)
+            if i == 1:
+                logits = logits.flip(-1)
+            probs = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False).softmax(1)
+            total = probs if total is None else total + probs
+    return total
+
+
+@torch.inference_mode()
+def evaluate_model(model: nn.Module, dataset: Dataset, num_classes: int, ignore_index: int | None,
+                   class_names: Sequence[str] | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
+                   device: torch.device | str = "cpu", progress: bool = True) -> dict:
+    """Evaluate on every image of ``dataset`` at its full resolution (batch 1, so frames of
+    different sizes are fine). Returns :func:`metrics_from_confusion` plus the confusion matrix."""
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=1)
+    for x, y in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        probs = segment_logits(model, x, tuple(y.shape[-2:]), scales, flip)
+        confusion += confusion_matrix(probs.argmax(1).cpu(), y, num_classes, ignore_index)
+    model.train(was_training)
+    result = metrics_from_confusion(confusion, class_names)
+    result["confusion_matrix"] = confusion.tolist()
+    result["scales"] = list(scales)
+    result["flip"] = flip
+    result["images"] = len(dataset)
+    return result
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path) -> None:
+    """Row-normalised confusion matrix as a PNG (rows: ground truth, columns: prediction)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(confusion, dtype=np.float64)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    size = max(5.0, 0.45 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            if norm[i, j] >= 0.01:
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if norm[i, j] > 0.5 else "white")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_results(result: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")

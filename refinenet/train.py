@@ -1,0 +1,336 @@
+"""Training: one loop for the 2-core CPU, a GPU, or several processes under ``torchrun``.
+
+Recipe (configs/*.yaml): random scale, crop, flip and mild photometric jitter; AdamW with a
+higher learning rate for the randomly initialised decoder than for the ImageNet backbone; poly
+learning-rate decay per step; cross-entropy that ignores the void label. Every epoch ends with a
+checkpoint (model, optimiser, step, random states), so an interrupted run continues where it
+stopped with ``--resume``; a finished run is exported as a Hub-layout model folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from tqdm import tqdm
+
+from .config import RefineNetConfig
+from .data import EvalTransform, TrainTransform, build_dataset, set_epoch
+from .evaluate import evaluate_model
+from .models import RefineNet, build_model
+
+
+@dataclass
+class TrainConfig:
+    """A training run, as read from a YAML file (see ``configs/``)."""
+
+    name: str
+    model: dict[str, Any]
+    data: dict[str, Any]
+    backbone_weights: str | None = "IMAGENET1K_V1"
+    epochs: int = 30
+    batch_size: int = 8
+    crop_size: int = 320
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    photometric: float = 0.2
+    lr_backbone: float = 5e-4
+    lr_decoder: float = 5e-3
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    warmup_steps: int = 100
+    grad_clip: float | None = 10.0
+    seed: int = 0
+    num_workers: int = 2
+    eval_every: int = 0  # epochs between validation passes; 0 = only at the end
+    amp: bool = True  # mixed precision, used on CUDA only
+    output_dir: str = "runs"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        raw = yaml.safe_load(Path(path).read_text())
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a training config must be a YAML mapping")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {', '.join(unknown)}")
+        if "scale_range" in raw:
+            raw["scale_range"] = tuple(raw["scale_range"])
+        return cls(**raw)
+
+    def model_config(self) -> RefineNetConfig:
+        return RefineNetConfig(**self.model)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size), initialising the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def poly_lr(base: float, step: int, total: int, power: float, warmup: int = 0) -> float:
+    """Poly decay ``base * (1 - step/total)^power`` (DeepLab's schedule, used by RefineNet ports),
+    after a linear warm-up over the first ``warmup`` steps."""
+    factor = (1 - min(step, total) / total) ** power
+    if warmup and step < warmup:
+        factor *= (step + 1) / warmup
+    return base * factor
+
+
+def zero_init_residual_branches(model: RefineNet) -> None:
+    """Zero the last convolution of every RCU, so that each RCU starts as the identity.
+
+    The RefineNet decoder has no batch norm: with default initialisation a stack of a dozen
+    residual units amplifies activations, and the first optimiser steps diverge. Starting every
+    residual branch at zero (as for ResNets in Goyal et al., 2017) lets the network begin as its
+    shortcut paths and grow the branches gradually.
+    """
+    from .blocks import ResidualConvUnit
+
+    for module in model.modules():
+        if isinstance(module, ResidualConvUnit):
+            nn.init.zeros_(module.conv2.weight)
+
+
+def parameter_groups(model: RefineNet, lr_backbone: float, lr_decoder: float) -> list[dict]:
+    backbone = list(model.backbone.parameters())
+    ids = {id(p) for p in backbone}
+    decoder = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": backbone, "lr": lr_backbone, "base_lr": lr_backbone},
+            {"params": decoder, "lr": lr_decoder, "base_lr": lr_decoder}]
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               ignore_index: int, grad_clip: float | None = None, scaler: torch.amp.GradScaler | None = None,
+               autocast_dtype: torch.dtype | None = None) -> float:
+    """One optimisation step; the loss is computed on logits upsampled to the label size."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        logits = model(x)
+        logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits.float(), y, ignore_index=ignore_index)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return float(loss.detach())
+
+
+def capture_state(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int,
+                  history: list[dict]) -> dict:
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "history": history,
+        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+    }
+
+
+def restore_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int, list[dict]]:
+    model.load_state_dict(state["model"])  # strict by default: a resumed run must match exactly
+    optimizer.load_state_dict(state["optimizer"])
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return state["epoch"], state["step"], state["history"]
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write to a temporary file then rename, so a run killed mid-write keeps its last checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    # weights_only=False is needed for the RNG states; the file is one this project wrote itself.
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def export_model_folder(model: RefineNet, folder: Path, max_fp32_bytes: int = 20_000_000) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (fp16 when fp32 would exceed 20 MB)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save(folder / "config.json")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    size = sum(v.numel() * v.element_size() for v in state.values())
+    if size > max_fp32_bytes:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    save_file(state, str(folder / "model.safetensors"))
+    return folder
+
+
+def build_datasets(cfg: TrainConfig, model_config: RefineNetConfig) -> tuple[Dataset, Dataset | None]:
+    data = cfg.data
+    ignore = data.get("ignore_index", 255)
+    train_tf = TrainTransform(cfg.crop_size, cfg.scale_range, True, cfg.photometric, model_config.mean,
+                              model_config.std, ignore)
+    train = build_dataset(data.get("kind", "camvid"), data.get("root"), data["train_split"], train_tf, cfg.seed)
+    val = None
+    if data.get("val_split"):
+        val = build_dataset(data.get("kind", "camvid"), data.get("root"), data["val_split"],
+                            EvalTransform(model_config.mean, model_config.std))
+    return train, val
+
+
+def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, progress: bool = True) -> Path:
+    """Run (or continue) a training run; returns the run directory.
+
+    ``max_steps`` stops early after that many optimisation steps in this call (tests and smoke
+    runs); the checkpoint written then resumes exactly.
+    """
+    rank, world = _distributed()
+    seed_everything(cfg.seed + rank)
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else \
+        torch.device("cpu")
+    model_config = cfg.model_config()
+    model = build_model(model_config, cfg.backbone_weights)
+    zero_init_residual_branches(model)
+    model = model.to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.lr_backbone, cfg.lr_decoder),
+                                  weight_decay=cfg.weight_decay)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = run_dir / "last.pt"
+    epoch, step, history = 0, 0, []
+    if resume and checkpoint.exists():
+        epoch, step, history = restore_state(load_checkpoint(checkpoint), model, optimizer)
+        if rank == 0:
+            print(f"resumed {run_dir} at epoch {epoch}, step {step}", flush=True)
+
+    train_set, val_set = build_datasets(cfg, model_config)
+    ignore_index = cfg.data.get("ignore_index", 255)
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    use_amp = cfg.amp and device.type == "cuda"
+    autocast_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else (
+        torch.float16 if use_amp else None)
+    scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
+    steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * world))
+    total_steps = cfg.epochs * steps_per_epoch
+    done_this_call = 0
+
+    while epoch < cfg.epochs:
+        set_epoch(train_set, epoch)
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed) if world > 1 else \
+            RandomSampler(train_set, generator=generator)
+        if world > 1:
+            sampler.set_epoch(epoch)
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                            drop_last=True, pin_memory=device.type == "cuda")
+        start = time.time()
+        losses = []
+        net.train()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0,
+                   dynamic_ncols=True)
+        interrupted = False
+        for x, y in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = poly_lr(group["base_lr"], step, total_steps, cfg.poly_power, cfg.warmup_steps)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            loss = train_step(net, optimizer, x, y, ignore_index, cfg.grad_clip, scaler, autocast_dtype)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at step {step}; lower the learning rate")
+            losses.append(loss)
+            step += 1
+            done_this_call += 1
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{optimizer.param_groups[1]['lr']:.2e}")
+            if max_steps is not None and done_this_call >= max_steps:
+                interrupted = True
+                break
+        if interrupted:
+            break  # an epoch is the unit of resumption: no checkpoint for a partial one
+        epoch += 1
+        record = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else None,
+                  "seconds": round(time.time() - start, 1)}
+        if rank == 0 and val_set is not None and cfg.eval_every and (epoch % cfg.eval_every == 0 or
+                                                                      epoch == cfg.epochs):
+            result = evaluate_model(model, val_set, model_config.num_classes, ignore_index,
+                                    model_config.class_names, device=device, progress=progress)
+            record["val_mIoU"] = round(result["mIoU"], 2)
+        history.append(record)
+        if rank == 0:
+            print(json.dumps(record), flush=True)
+            with open(run_dir / "log.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
+            save_checkpoint(capture_state(model, optimizer, epoch, step, history), checkpoint)
+
+    if rank == 0 and epoch >= cfg.epochs:
+        export_model_folder(model, run_dir / "model")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m refinenet.train CONFIG [--no-resume] [--max-steps N]`` (torchrun-friendly)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m refinenet.train")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_from_args(args)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("config", type=Path, help="training config (YAML) from configs/")
+    parser.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
+    parser.add_argument("--output-dir", default=None, help="override the config's output_dir")
+    parser.add_argument("--epochs", type=int, default=None, help="override the config's number of epochs")
+
+
+def run_from_args(args) -> int:
+    cfg = TrainConfig.load(args.config)
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    if args.epochs:
+        cfg.epochs = args.epochs
+    run_dir = train(cfg, resume=not args.no_resume, max_steps=args.max_steps)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
