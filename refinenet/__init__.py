@@ -9,6 +9,7 @@ from .blocks import (
     ResidualConvUnit,
 )
 from .config import RefineNetConfig
+from .inference import ImageLoadError, SegmentationResult, Segmenter, load_image, predict
 from .models import (
     LightWeightRefineNet,
     RefineNet,
@@ -31,6 +32,7 @@ __all__ = [
     "BlockFeatures",
     "CRPFeatures",
     "ChainedResidualPooling",
+    "ImageLoadError",
     "LightWeightRefineNet",
     "MultiResolutionFusion",
     "RefineNet",
@@ -38,12 +40,16 @@ __all__ = [
     "RefineNetConfig",
     "ResidualConvUnit",
     "SegmentationOutput",
+    "SegmentationResult",
+    "Segmenter",
     "build_model",
     "count_parameters",
+    "load_image",
     "lw_refinenet_mobilenetv2",
     "lw_refinenet_resnet101",
     "lw_refinenet_resnet152",
     "lw_refinenet_resnet50",
+    "predict",
     "refinenet_mobilenetv2",
     "refinenet_resnet101",
     "refinenet_resnet152",

@@ -1,0 +1,575 @@
+"""From an image to a label map: loading, pre-processing, the network, post-processing.
+
+Data flows one way (docs/architecture.md): :func:`load_image` turns whatever a user hands us (a
+path, uploaded bytes, a PIL image, a numpy array) into a plain RGB PIL image or a clear
+:class:`ImageLoadError`; :class:`Segmenter` turns RGB images into :class:`SegmentationResult`
+objects; nothing here knows about user interfaces.
+
+Memory policy, in two separate limits:
+
+* ``max_pixels`` (loading): a hard limit on the pixel count *declared in the file header*,
+  checked before any pixel is decoded, so a decompression bomb (a tiny file that claims to be
+  50000 x 50000) is refused instead of exhausting memory.
+* ``max_side`` (segmenting): a cap on the long side of the image fed to the network. Larger
+  images are downscaled (aspect ratio kept) before the network; the logits are upsampled
+  bilinearly to that *working* size, the argmax is taken there, and the label map is then
+  resized with nearest-neighbour interpolation to the original size. Upsampling the logits
+  straight to a 12000 x 9000 original would need ``classes x 108 M`` floats; the
+  nearest-neighbour step costs one byte per pixel. Images within the cap take the textbook path
+  exactly: logits upsampled bilinearly to the image size, then argmax.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
+
+from .models import SegmentationOutput
+from .runtime import prepare_for_inference, select_device
+from .visualize import palette_array
+
+# 120 M pixels admits the largest phone-camera photos (108 MP, 12000 x 9000) and refuses
+# decompression bombs; an accepted image of that size takes about 0.3 GB as RGB.
+DEFAULT_MAX_PIXELS = 120_000_000
+
+# Default long-side cap of the network input. 1024 keeps the activations of a ResNet-101
+# RefineNet around a gigabyte on the CPU, and keeps objects near the scale the published models
+# were trained at (PASCAL VOC images are about 500 pixels wide).
+DEFAULT_MAX_SIDE = 1024
+
+# Transparent pixels are composited on white: that is how a transparent PNG looks on a web page
+# or in an image viewer, which is what the user expects to be segmented. Dropping the alpha
+# channel instead would expose whatever colour happens to be stored under transparent pixels
+# (often black, sometimes garbage).
+TRANSPARENT_BACKGROUND = (255, 255, 255)
+
+ImageSource = str | Path | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
+
+
+class ImageLoadError(ValueError):
+    """An input could not be turned into an RGB image; the message says why, in plain words."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Load ``source`` as an RGB PIL image at its original size, upright.
+
+    ``source`` may be a file path, the bytes of an image file (or a binary file object), a PIL
+    image, or a numpy array (``H x W``, ``H x W x 1``, ``H x W x 3`` or ``H x W x 4``; ``uint8``,
+    ``uint16``, ``bool``, or floats in [0, 1]).
+
+    - The EXIF orientation tag is applied (phone photos are stored sideways plus a tag).
+    - Colour modes: grey (``1``, ``L``), palette (``P``), CMYK and YCbCr are converted to RGB;
+      transparency (``LA``, ``PA``, ``RGBA``, ``P`` with a transparent colour) is composited on
+      white (see ``TRANSPARENT_BACKGROUND``); 16-bit grey (``I;16``, e.g. 16-bit PNG) is scaled
+      to 8 bits by the full 16-bit range (``/ 257``) so that brightness is preserved; 32-bit
+      integer (``I``) and float (``F``) images are kept as they are when their values already
+      lie in 0..255 (or 0..1 for floats), otherwise stretched from their own minimum..maximum.
+    - Multi-frame files (GIF, TIFF) give their first frame.
+    - The pixel count declared by the header is checked against ``max_pixels`` before decoding.
+
+    Raises :class:`ImageLoadError` for a missing, empty, unreadable, truncated, zero-sized or
+    too large image. Pillow's own decompression-bomb limit (about 179 M pixels) still applies
+    on top of ``max_pixels``.
+    """
+    if isinstance(source, Image.Image):
+        return _finish(source, "the image", max_pixels)
+    if isinstance(source, np.ndarray):
+        return _from_array(source, max_pixels)
+    if isinstance(source, str | Path):
+        return _from_path(Path(source), max_pixels)
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        if not data:
+            raise ImageLoadError("the uploaded data is empty (0 bytes): there is no image in it")
+        return _decode(io.BytesIO(data), "the uploaded data", max_pixels)
+    if hasattr(source, "read"):
+        return load_image(source.read(), max_pixels)
+    raise ImageLoadError(
+        f"cannot load an image from a {type(source).__name__}; "
+        "pass a file path, bytes, a PIL image or a numpy array"
+    )
+
+
+def _from_path(path: Path, max_pixels: int) -> Image.Image:
+    name = f"'{path}'"
+    if not path.exists():
+        raise ImageLoadError(f"{name}: no such file")
+    if path.is_dir():
+        raise ImageLoadError(f"{name} is a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(f"{name} is empty (0 bytes): there is no image in it")
+    try:
+        handle = path.open("rb")
+    except OSError as error:
+        raise ImageLoadError(f"{name} cannot be opened: {error.strerror or error}") from error
+    with handle:
+        return _decode(handle, name, max_pixels)
+
+
+def _decode(stream: BinaryIO, name: str, max_pixels: int) -> Image.Image:
+    """Open (header only), check the declared size, then decode. Pillow raises many exception
+    types for damaged files (OSError, SyntaxError, ValueError, struct.error, EOFError, ...); at
+    this trust boundary every one of them becomes an :class:`ImageLoadError`."""
+    with warnings.catch_warnings():
+        # Our own max_pixels check below is the policy; Pillow's warning would only duplicate it.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(stream)
+        except Image.DecompressionBombError as error:
+            raise ImageLoadError(
+                f"{name} declares an image of more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels; "
+                "refusing to decode it (decompression-bomb protection)"
+            ) from error
+        except UnidentifiedImageError as error:
+            raise ImageLoadError(
+                f"{name} is not an image file that can be read (unknown format, or a damaged header); "
+                "use a PNG, JPEG, WebP, BMP, GIF or TIFF image"
+            ) from error
+        except Exception as error:  # see the docstring
+            raise ImageLoadError(f"{name} could not be read as an image: {error}") from error
+        _check_size(image.size, name, max_pixels)
+        try:
+            image.load()
+        except MemoryError as error:
+            raise ImageLoadError(f"{name} is too large to decode in the available memory") from error
+        except Exception as error:  # see the docstring
+            raise ImageLoadError(
+                f"{name} is truncated or corrupt; its pixels could not be decoded ({error})"
+            ) from error
+    return _finish(image, name, max_pixels)
+
+
+def _check_size(size: tuple[int, int], name: str, max_pixels: int) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageLoadError(f"{name} has no pixels (its size is {width} x {height})")
+    if width * height > max_pixels:
+        raise ImageLoadError(
+            f"{name} is too large: {width} x {height} = {width * height:,} pixels, "
+            f"more than the limit of {max_pixels:,}; downscale it first"
+        )
+
+
+def _finish(image: Image.Image, name: str, max_pixels: int) -> Image.Image:
+    """Size check, EXIF orientation, then conversion to RGB."""
+    _check_size(image.size, name, max_pixels)
+    try:
+        upright = ImageOps.exif_transpose(image)
+    except Exception:  # a damaged EXIF block must not make a readable image unusable
+        upright = image.copy()
+    if upright is None:  # only with in_place=True; kept for type checkers
+        upright = image
+    return _to_rgb(upright, name)
+
+
+def _to_rgb(image: Image.Image, name: str) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image.copy() if image.readonly else image
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return _wide_to_rgb(image, name)
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*TRANSPARENT_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as error:
+        raise ImageLoadError(f"{name} uses the colour mode {mode!r}, which cannot be converted to RGB") from error
+
+
+def _wide_to_rgb(image: Image.Image, name: str) -> Image.Image:
+    """16-bit, 32-bit integer and float grey images to 8-bit RGB (policy in :func:`load_image`)."""
+    values = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        grey = _scale_16bit(values.astype(np.float64))
+    else:
+        grey = _scale_wide(values.astype(np.float64), image.mode == "F", name)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def _scale_16bit(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+
+
+def _scale_wide(values: np.ndarray, is_float: bool, name: str) -> np.ndarray:
+    finite = np.isfinite(values)
+    if not finite.any():
+        raise ImageLoadError(f"{name} holds no finite pixel values")
+    values = np.where(finite, values, 0.0)
+    low, high = float(values.min()), float(values.max())
+    if is_float and low >= 0.0 and high <= 1.0:
+        values = values * 255.0
+    elif low >= 0.0 and high <= 255.0:
+        pass
+    elif not is_float and low >= 0.0 and high <= 65535.0:
+        return _scale_16bit(values)
+    else:
+        values = (values - low) * (255.0 / (high - low))
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def _from_array(array: np.ndarray, max_pixels: int) -> Image.Image:
+    name = "the array"
+    shape = array.shape
+    if array.ndim == 3 and shape[-1] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))):
+        hint = " (channels first? use H x W x C)" if len(shape) == 3 and shape[0] in (1, 3, 4) else ""
+        raise ImageLoadError(
+            f"{name} has shape {shape}; expected H x W, H x W x 1, H x W x 3 or H x W x 4{hint}"
+        )
+    _check_size((array.shape[1], array.shape[0]), name, max_pixels)
+    array = _array_to_uint8(array, name)
+    if array.ndim == 2:
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if array.shape[-1] == 3:
+        return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(array), mode="RGBA"), name)
+
+
+def _array_to_uint8(array: np.ndarray, name: str) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if array.dtype == np.uint16:
+        return _scale_16bit(array.astype(np.float64))
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ImageLoadError(f"{name} contains NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise ImageLoadError(
+                f"{name} is a float array with values in [{low:g}, {high:g}]; float images must lie in "
+                "[0, 1] (divide 0..255 data by 255, or pass uint8)"
+            )
+        return np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 255:
+            raise ImageLoadError(
+                f"{name} is an integer array with values in [{low}, {high}]; expected 0..255 (or use uint16)"
+            )
+        return array.astype(np.uint8)
+    raise ImageLoadError(f"{name} has dtype {array.dtype}; expected uint8, uint16, bool or float in [0, 1]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Segmenting
+
+
+@dataclass
+class SegmentationResult:
+    """One segmented image.
+
+    ``image``: the RGB image that was segmented, upright (EXIF applied), at its original size.
+    ``label_map``: ``H x W`` uint8 class indices at the original size.
+    ``confidence``: ``H x W`` float32, the largest class probability at every pixel (averaged
+    over scales and flips when test-time augmentation is on).
+    ``features``: the network's :class:`~refinenet.models.SegmentationOutput` (logits at 1/4 of
+    the network input, every RefineNet block, every CRP stage) for the pass at the scale
+    nearest 1 without flip, on the CPU; ``None`` unless asked for.
+    ``input_size``: ``(h, w)`` of the network input at scale 1, the working resolution at which
+    probabilities are averaged (smaller than the image when ``max_side`` capped it).
+    ``seconds``: wall-clock time spent in ``preprocess``, ``network`` and ``postprocess``.
+    """
+
+    image: Image.Image
+    label_map: np.ndarray
+    confidence: np.ndarray
+    features: SegmentationOutput | None
+    input_size: tuple[int, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def working_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """The ``(h, w)`` the network sees at scale 1: the image size, or the image scaled down so
+    that its long side is ``max_side`` (aspect ratio kept; ``None`` or 0 means no cap)."""
+    if not max_side or max(height, width) <= max_side:
+        return height, width
+    factor = max_side / max(height, width)
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """Network input size for one test-time scale."""
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+class Segmenter:
+    """Runs a RefineNet model on images; holds the model on its device.
+
+    ``device``: ``None`` or ``"auto"`` picks CUDA, then Apple MPS, then the CPU.
+    ``max_side``: long-side cap of the network input (see the module docstring); ``None`` uses
+    ``max(DEFAULT_MAX_SIDE, model.config.input_size)``, ``0`` disables the cap.
+    ``scales`` and ``flip``: test-time augmentation. Every scale (relative to the working size)
+    and, with ``flip``, its horizontal mirror is segmented; the softmax probabilities are
+    upsampled to the working size, un-mirrored and averaged, then the argmax is taken.
+    ``max_pixels``: the hard pixel limit used when loading images.
+
+    The model is moved to ``device``, put in eval mode and in channels-last format (in place).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device | None = None,
+        max_side: int | None = None,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        config = getattr(model, "config", None)
+        if config is None:
+            raise TypeError("Segmenter needs a RefineNet model (with a .config giving classes and mean/std)")
+        if config.num_classes > 256:
+            raise ValueError("label maps are uint8: at most 256 classes are supported")
+        self.config = config
+        self.device = select_device(device)
+        self.model = prepare_for_inference(model, self.device)
+        self.dtype = next(self.model.parameters()).dtype
+        if max_side is None:
+            max_side = max(DEFAULT_MAX_SIDE, int(config.input_size))
+        if max_side < 0:
+            raise ValueError(f"max_side must be positive (or 0 for no cap), not {max_side}")
+        self.max_side = max_side
+        self.scales = _check_scales(scales)
+        self.flip = bool(flip)
+        self.max_pixels = max_pixels
+        self._mean = torch.tensor(config.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(config.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+
+    @property
+    def palette(self) -> np.ndarray:
+        """The model's colours as a ``256 x 3`` lookup table (VOC colours where none are given)."""
+        return palette_array(self.config.palette, self.config.num_classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.class_names or [f"class {i}" for i in range(self.config.num_classes)])
+
+    def predict(
+        self,
+        image: ImageSource,
+        *,
+        return_features: bool = False,
+        ablate_stride: int | None = None,
+        scales: Sequence[float] | None = None,
+        flip: bool | None = None,
+    ) -> SegmentationResult:
+        """Segment one image (anything :func:`load_image` accepts).
+
+        ``ablate_stride`` (4, 8, 16 or 32) zeroes that backbone level inside the network (see
+        :class:`~refinenet.models.RefineNet`); ``scales`` and ``flip`` override the defaults.
+        """
+        start = time.perf_counter()
+        rgb = load_image(image, self.max_pixels)
+        loaded = time.perf_counter() - start
+        result = self._segment([rgb], return_features, ablate_stride, scales, flip)[0]
+        result.seconds["preprocess"] += loaded
+        return result
+
+    def predict_batch(
+        self,
+        images: Iterable[ImageSource],
+        batch_size: int = 4,
+        *,
+        return_features: bool = False,
+        ablate_stride: int | None = None,
+        scales: Sequence[float] | None = None,
+        flip: bool | None = None,
+    ) -> list[SegmentationResult]:
+        """Segment several images, in input order.
+
+        Images whose working size is the same are stacked into batches of up to ``batch_size``;
+        images of other sizes go in other batches. Nothing is padded: padding would change what
+        the border pixels see (CRP's max-pools and the fusion's upsampling reach across the
+        padding), so a padded batch would not give the single-image result. The ``seconds`` of
+        each result are those of its whole batch.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        start = time.perf_counter()
+        loaded = [load_image(image, self.max_pixels) for image in images]
+        load_seconds = (time.perf_counter() - start) / max(1, len(loaded))
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, rgb in enumerate(loaded):
+            groups.setdefault(working_size(rgb.height, rgb.width, self.max_side), []).append(index)
+        results: list[SegmentationResult | None] = [None] * len(loaded)
+        for indices in groups.values():
+            for first in range(0, len(indices), batch_size):
+                chunk = indices[first:first + batch_size]
+                batch = self._segment([loaded[i] for i in chunk], return_features, ablate_stride, scales, flip)
+                for i, result in zip(chunk, batch, strict=True):
+                    result.seconds["preprocess"] += load_seconds
+                    results[i] = result
+        return [r for r in results if r is not None]
+
+    # -- the pipeline ---------------------------------------------------------------------
+
+    def _segment(
+        self,
+        images: list[Image.Image],
+        return_features: bool,
+        ablate_stride: int | None,
+        scales: Sequence[float] | None,
+        flip: bool | None,
+    ) -> list[SegmentationResult]:
+        """Segment RGB images that share one working size, as one batch."""
+        scales = self.scales if scales is None else _check_scales(scales)
+        flip = self.flip if flip is None else bool(flip)
+        work = working_size(images[0].height, images[0].width, self.max_side)
+        feature_scale = min(scales, key=lambda s: (abs(s - 1.0), s))
+        timing = {"preprocess": 0.0, "network": 0.0, "postprocess": 0.0}
+        probabilities: list[torch.Tensor | None] = [None] * len(images)
+        features: SegmentationOutput | None = None
+        passes = 0
+
+        with torch.inference_mode():
+            for scale in scales:
+                tick = time.perf_counter()
+                batch = self._to_tensor(images, scaled_size(work, scale))
+                timing["preprocess"] += time.perf_counter() - tick
+                for mirrored in (False, True) if flip else (False,):
+                    tick = time.perf_counter()
+                    want_features = return_features and scale == feature_scale and not mirrored
+                    output = self.model(batch.flip(-1) if mirrored else batch,
+                                        return_features=want_features, ablate_stride=ablate_stride)
+                    self._synchronize()
+                    timing["network"] += time.perf_counter() - tick
+
+                    tick = time.perf_counter()
+                    logits = output.logits if want_features else output
+                    if want_features:
+                        features = output
+                    for i in range(len(images)):
+                        # Per image, so that only one classes x H x W map is alive at a time.
+                        up = F.interpolate(logits[i:i + 1].float(), size=work, mode="bilinear", align_corners=False)
+                        prob = up.softmax(dim=1)[0]
+                        if mirrored:
+                            prob = prob.flip(-1)
+                        probabilities[i] = prob if probabilities[i] is None else probabilities[i] + prob
+                    passes += 1
+                    timing["postprocess"] += time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        results = []
+        for i, (rgb, summed) in enumerate(zip(images, probabilities, strict=True)):
+            confidence, labels = (summed / passes).max(dim=0)
+            label_map = labels.to(device="cpu", dtype=torch.uint8).numpy()
+            confidence = confidence.float().cpu().numpy()
+            if work != (rgb.height, rgb.width):
+                label_map = np.asarray(Image.fromarray(label_map).resize(rgb.size, Image.Resampling.NEAREST))
+                confidence = np.asarray(
+                    Image.fromarray(confidence, mode="F").resize(rgb.size, Image.Resampling.BILINEAR)
+                )
+            results.append(SegmentationResult(
+                image=rgb,
+                label_map=np.ascontiguousarray(label_map, dtype=np.uint8),
+                confidence=np.ascontiguousarray(confidence, dtype=np.float32),
+                features=_features_to_cpu(features, i) if features is not None else None,
+                input_size=work,
+                seconds=dict(timing),
+            ))
+        elapsed = time.perf_counter() - tick
+        for result in results:
+            result.seconds["postprocess"] += elapsed
+        return results
+
+    def _to_tensor(self, images: list[Image.Image], size: tuple[int, int]) -> torch.Tensor:
+        """Resize to ``size`` (h, w), stack, normalise with the model's mean/std on RGB in [0, 1]."""
+        height, width = size
+        arrays = []
+        for rgb in images:
+            if rgb.size != (width, height):
+                rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
+            arrays.append(np.asarray(rgb, dtype=np.uint8))
+        batch = torch.from_numpy(np.stack(arrays)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        batch = (batch - self._mean) / self._std
+        return batch.to(dtype=self.dtype).contiguous(memory_format=torch.channels_last)
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+
+
+def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(float(s) for s in scales)
+    if not values:
+        raise ValueError("at least one scale is needed, e.g. (1.0,)")
+    if any(not np.isfinite(s) or s <= 0 for s in values):
+        raise ValueError(f"scales must be positive numbers, got {values}")
+    return values
+
+
+def _features_to_cpu(output: SegmentationOutput, index: int) -> SegmentationOutput:
+    """The features of one image of a batch, as contiguous CPU tensors (ready for ``.numpy()``)."""
+    def take(t: torch.Tensor) -> torch.Tensor:
+        return t[index:index + 1].to("cpu").float().contiguous()
+
+    blocks = tuple(
+        replace(
+            b,
+            output=take(b.output),
+            crp=replace(b.crp, input=take(b.crp.input), branches=tuple(take(t) for t in b.crp.branches),
+                        sums=tuple(take(t) for t in b.crp.sums)),
+        )
+        for b in output.blocks
+    )
+    return SegmentationOutput(logits=take(output.logits), stride=output.stride, blocks=blocks)
+
+
+def predict(
+    images: ImageSource | Sequence[ImageSource],
+    model: nn.Module | str | Path | None = None,
+    **kwargs: Any,
+) -> SegmentationResult | list[SegmentationResult]:
+    """Segment one image (returns a result) or a list of images (returns a list).
+
+    ``model`` is a model object, or a model folder / zoo id / Hub repo id for
+    :func:`refinenet.hub.from_pretrained`. ``kwargs`` go to :class:`Segmenter` (``device``,
+    ``max_side``, ``scales``, ``flip``, ``max_pixels``) or to :meth:`Segmenter.predict`
+    (``return_features``, ``ablate_stride``).
+    """
+    if model is None:
+        raise TypeError("predict() needs a model: a RefineNet object, a model folder, a zoo id or a Hub repo id")
+    if isinstance(model, str | Path):
+        from .hub import from_pretrained
+
+        model = from_pretrained(model)
+    init_keys = ("device", "max_side", "scales", "flip", "max_pixels")
+    segmenter = Segmenter(model, **{k: kwargs.pop(k) for k in init_keys if k in kwargs})
+    if isinstance(images, list | tuple):
+        return [segmenter.predict(image, **kwargs) for image in images]
+    return segmenter.predict(images, **kwargs)
+
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_SIDE",
+    "ImageLoadError",
+    "SegmentationResult",
+    "Segmenter",
+    "load_image",
+    "predict",
+    "scaled_size",
+    "working_size",
+]
