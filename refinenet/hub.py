@@ -1,0 +1,483 @@
+"""Hub-native model folders: save, load strictly, resolve through the zoo, download, publish.
+
+A model folder (the Hugging Face Hub layout) holds ``config.json`` (a
+:class:`~refinenet.config.RefineNetConfig`), ``model.safetensors`` and a ``README.md`` model
+card. Loading is strict everywhere: a folder whose tensors do not match its config fails with
+the missing, unexpected and mis-shaped keys, never with a half-random network.
+
+``from_pretrained(name)`` accepts a local folder, a zoo model id, or a Hub repo id, and tries in
+order: the local folder, the Hugging Face cache, a Hub download (``hf_hub_download``, so
+``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE``, tokens and ``HF_HUB_OFFLINE`` behave as
+everywhere else in the Hugging Face tools), the copy bundled with the package, and finally an
+error listing everything it tried. Weights are checked against the zoo's sha256 (or, for other
+repos, against the sha256 the Hub reports for LFS files) before use; a copy that fails the check
+is removed from the cache so that it cannot be picked up again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from . import zoo
+from .config import RefineNetConfig
+from .modelcard import render_model_card
+from .models import RefineNet, build_model, count_parameters
+from .zoo import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, sha256_file
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class WeightsError(RuntimeError):
+    """A model folder or download that cannot be used as it is."""
+
+
+class StrictLoadError(WeightsError):
+    """Tensors that do not match the model: ``missing``, ``unexpected`` and ``mismatched``
+    (``"key: file shape vs model shape"``) list every offending key."""
+
+    def __init__(self, missing: list[str], unexpected: list[str], mismatched: list[str], where: str = "") -> None:
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        parts = [f"{title} ({len(keys)}): {', '.join(keys)}"
+                 for title, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("shape mismatches", mismatched)) if keys]
+        super().__init__(f"the weights{' in ' + where if where else ''} do not match the model; " + "; ".join(parts))
+
+
+class IntegrityError(WeightsError):
+    """Weights whose sha256 differs from the expected one (the file was not kept)."""
+
+
+class ModelNotFoundError(WeightsError, LookupError):
+    """No source could provide the model; ``attempts`` says what was tried and why it failed."""
+
+    def __init__(self, name: str, attempts: list[str]) -> None:
+        self.attempts = attempts
+        tried = "\n".join(f"  - {a}" for a in attempts)
+        super().__init__(f"could not load {name!r}; tried:\n{tried}")
+
+
+class BundledFallbackWarning(UserWarning):
+    """The Hub copy of a zoo model was wanted but unavailable; the bundled copy is used."""
+
+
+# ----------------------------------------------------------------------------- strict loading
+
+
+def check_state_dict(expected: Mapping[str, torch.Size], state_dict: Mapping[str, Tensor], where: str = "") -> None:
+    """Raise :class:`StrictLoadError` unless ``state_dict`` has exactly the expected keys and shapes."""
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [f"{k}: {tuple(v.shape)} vs {tuple(expected[k])}" for k, v in state_dict.items()
+                  if k in expected and tuple(v.shape) != tuple(expected[k])]
+    if missing or unexpected or mismatched:
+        raise StrictLoadError(missing, unexpected, mismatched, where)
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], where: str = "") -> nn.Module:
+    """Load every tensor of ``state_dict`` into ``model`` or fail naming the offending keys."""
+    check_state_dict({k: v.shape for k, v in model.state_dict().items()}, state_dict, where)
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def model_from_state_dict(config: RefineNetConfig, state_dict: Mapping[str, Tensor], where: str = "") -> RefineNet:
+    """Build the model of ``config`` directly around ``state_dict``'s tensors.
+
+    The model is first built on the meta device (no memory, no random initialisation), then the
+    checked tensors are assigned to it, so loading costs one copy of the weights, not two.
+    """
+    with torch.device("meta"):
+        model = build_model(config)
+    check_state_dict({k: v.shape for k, v in model.state_dict().items()}, state_dict, where)
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    model.load_state_dict(tensors, strict=True, assign=True)
+    leftovers = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftovers:  # a tensor outside the state dict would stay unallocated; never hand that out
+        raise WeightsError(f"tensors not covered by the state dict: {', '.join(leftovers)}")
+    return model
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def save_pretrained(
+    model: nn.Module | Mapping[str, Tensor],
+    folder: str | Path,
+    config: RefineNetConfig | None = None,
+    *,
+    overwrite: bool = True,
+    title: str | None = None,
+    repo_id: str | None = None,
+    metrics: Mapping[str, float] | None = None,
+    provenance: Mapping[str, object] | None = None,
+    license_name: str | None = None,
+    license_text: str | None = None,
+) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and ``README.md`` into ``folder``.
+
+    ``model`` is a RefineNet (its own config is used) or a state dict with ``config``. The
+    tensors are checked against the config's model first, so a saved folder always loads.
+    ``metrics`` (name -> percent) and ``provenance`` go into the model card.
+    """
+    if isinstance(model, nn.Module):
+        config = config or getattr(model, "config", None)
+        state_dict = model.state_dict()
+    else:
+        state_dict = dict(model)
+    if config is None:
+        raise ValueError("save_pretrained needs the model's RefineNetConfig")
+    with torch.device("meta"):
+        skeleton = build_model(config)
+    check_state_dict({k: v.shape for k, v in skeleton.state_dict().items()}, state_dict, "the model to save")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    targets = [folder / CONFIG_NAME, folder / WEIGHTS_NAME, folder / CARD_NAME]
+    existing = [p.name for p in targets if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{folder} already holds {', '.join(existing)}; pass overwrite=True to replace them")
+    card = render_model_card(
+        config, title=title, repo_id=repo_id, parameters=count_parameters(skeleton), metrics=metrics,
+        provenance=provenance, license_name=license_name, license_text=license_text,
+    )
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    # Write next to the target, then rename: an interrupted save never leaves a half-written file.
+    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    _atomic_write(folder / CONFIG_NAME, lambda tmp: config.save(tmp))
+    _atomic_write(folder / CARD_NAME, lambda tmp: tmp.write_text(card, encoding="utf-8"))
+    return folder
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_folder(
+    folder: str | Path, *, sha256: str | None = None, device: str | torch.device | None = None
+) -> RefineNet:
+    """Load a model folder strictly, in eval mode. ``sha256`` (of model.safetensors) is checked
+    first when given."""
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            legacy = sorted(p.name for p in folder.glob("*.pth*")) if folder.is_dir() else []
+            hint = f" (found {', '.join(legacy)}: convert it with `refinenet convert`)" if legacy else ""
+            raise WeightsError(f"{folder} is not a model folder: {path.name} is missing{hint}")
+    if sha256 is not None:
+        actual = sha256_file(weights_path)
+        if actual != sha256:
+            raise IntegrityError(f"{weights_path} has sha256 {actual}, expected {sha256}")
+    try:
+        config = RefineNetConfig.load(config_path)
+    except (ValueError, TypeError) as error:
+        raise WeightsError(f"{config_path} is not a valid RefineNet config: {error}") from error
+    try:
+        state_dict = load_file(str(weights_path))
+    except (SafetensorError, OSError) as error:
+        raise WeightsError(f"{weights_path} is not a readable safetensors file: {error}") from error
+    model = model_from_state_dict(config, state_dict, str(weights_path))
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+@dataclass
+class ResolvedModel:
+    """Where a model folder was found. ``source`` is one of "local folder", "Hugging Face
+    cache", "Hub download", "bundled copy"; ``attempts`` lists the sources tried before it."""
+
+    folder: Path
+    source: str
+    model_id: str | None = None
+    repo_id: str | None = None
+    revision: str | None = None
+    sha256: str | None = None
+    attempts: list[str] = field(default_factory=list)
+
+
+def is_offline() -> bool:
+    """``HF_HUB_OFFLINE`` as huggingface_hub read it at import, or as set since."""
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return bool(constants.HF_HUB_OFFLINE) or env
+
+
+def _blob_sha256(path: str) -> str | None:
+    """The sha256 the Hub reported for a cached file: LFS blobs are stored under it."""
+    name = Path(os.path.realpath(path)).name
+    return name if _SHA256.match(name) else None
+
+
+def _purge_cached(path: str) -> None:
+    """Remove a cached file: its snapshot entry and the blob behind it."""
+    blob = os.path.realpath(path)
+    Path(path).unlink(missing_ok=True)
+    if blob != os.path.abspath(path):
+        Path(blob).unlink(missing_ok=True)
+
+
+def _verify_cached(path: str, expected: str | None, what: str) -> str | None:
+    """Check a cached weights file; on mismatch remove it and raise IntegrityError."""
+    expected = expected or _blob_sha256(path)
+    actual = sha256_file(path)
+    if expected is not None and actual != expected:
+        _purge_cached(path)
+        raise IntegrityError(
+            f"{what}: model.safetensors has sha256 {actual}, expected {expected}; the file was removed from the "
+            "cache. The download was corrupted or the repository changed: retry, or check the revision."
+        )
+    return actual
+
+
+def _from_cache(repo_id: str, revision: str, cache_dir: str | None, expected: str | None,
+                attempts: list[str]) -> tuple[Path, str] | None:
+    weights = try_to_load_from_cache(repo_id, WEIGHTS_NAME, cache_dir=cache_dir, revision=revision)
+    config = try_to_load_from_cache(repo_id, CONFIG_NAME, cache_dir=cache_dir, revision=revision)
+    if not isinstance(weights, str) or not isinstance(config, str):
+        attempts.append(f"Hugging Face cache: no copy of {repo_id}@{revision}")
+        return None
+    try:
+        sha = _verify_cached(weights, expected, f"cached copy of {repo_id}@{revision}")
+    except IntegrityError as error:
+        attempts.append(f"Hugging Face cache: {error}")
+        return None
+    return Path(weights).parent, sha
+
+
+def _download(repo_id: str, revision: str, *, cache_dir: str | None, endpoint: str | None, token: str | bool | None,
+              force_download: bool, expected: str | None, attempts: list[str]) -> tuple[Path, str] | None:
+    where = endpoint or constants.ENDPOINT
+    try:
+        weights = hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir, endpoint=endpoint,
+                                  token=token, force_download=force_download)
+        commit = Path(weights).parent.name  # snapshots/<commit>/model.safetensors: pin the config to it
+        hf_hub_download(repo_id, CONFIG_NAME, revision=commit, cache_dir=cache_dir, endpoint=endpoint,
+                        token=token, force_download=force_download)
+    except RepositoryNotFoundError:
+        attempts.append(f"Hub download: {where} has no repository {repo_id} (private and gated repositories "
+                        "need a token: `hf auth login` or token=...)")
+        return None
+    except RevisionNotFoundError:
+        attempts.append(f"Hub download: {repo_id} on {where} has no revision {revision!r}")
+        return None
+    except LocalEntryNotFoundError as error:  # (a subclass of EntryNotFoundError: keep it first)
+        attempts.append(f"Hub download: {where} could not be reached ({error.__cause__ or error})")
+        return None
+    except RemoteEntryNotFoundError:
+        attempts.append(f"Hub download: {repo_id}@{revision} lacks {WEIGHTS_NAME} or {CONFIG_NAME} (only "
+                        "safetensors model folders are loaded; convert legacy .pth files with `refinenet convert`)")
+        return None
+    except (HfHubHTTPError, OSError) as error:
+        attempts.append(f"Hub download: {repo_id}@{revision} from {where} failed: {error}")
+        return None
+    sha = _verify_cached(weights, expected, f"download of {repo_id}@{revision} from {where}")
+    return Path(weights).parent, sha
+
+
+def resolve_pretrained(
+    name: str | Path,
+    revision: str | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    weights_dir: str | Path | None = None,
+    force_download: bool = False,
+) -> ResolvedModel:
+    """Find the model folder for ``name`` (local folder, zoo model id, or Hub repo id).
+
+    See the module docstring for the order. Raises :class:`IntegrityError` when a downloaded or
+    bundled file fails its sha256 check and :class:`ModelNotFoundError` when nothing works.
+    """
+    name = str(name)
+    if Path(name).is_dir():
+        return ResolvedModel(Path(name), "local folder")
+    entry = zoo.MODELS.get(name)
+    if entry is None and not _REPO_ID.match(name):
+        raise ModelNotFoundError(name, [
+            f"local folder: {name} does not exist",
+            f"zoo: no model id {name!r} (known: {', '.join(zoo.MODELS) or 'none'})",
+            "Hub: not a repo id of the form ORG/NAME",
+        ])
+    if entry is not None and entry.sha256 is None:
+        raise WeightsError(
+            f"the zoo entry {entry.model_id!r} has no sha256 yet, so its weights cannot be verified; compute it "
+            "with `python -m refinenet.zoo --hash FOLDER` and fill it in"
+        )
+    repo_id = entry.repo_id if entry is not None else name
+    expected = entry.sha256 if entry is not None else None
+    rev = revision or (entry.revision if entry is not None else None) or constants.DEFAULT_REVISION
+    cache = str(cache_dir) if cache_dir is not None else None
+    attempts: list[str] = []
+    if repo_id is None:
+        attempts.append("Hub: skipped, the model is not published yet (no repo id in the zoo)")
+    else:
+        found = None if force_download else _from_cache(repo_id, rev, cache, expected, attempts)
+        if found:
+            return ResolvedModel(found[0], "Hugging Face cache", name if entry else None, repo_id, rev, found[1],
+                                 attempts)
+        if is_offline():
+            attempts.append("Hub download: skipped, HF_HUB_OFFLINE is set")
+        else:
+            found = _download(repo_id, rev, cache_dir=cache, endpoint=endpoint, token=token,
+                              force_download=force_download, expected=expected, attempts=attempts)
+            if found:
+                return ResolvedModel(found[0], "Hub download", name if entry else None, repo_id, rev, found[1],
+                                     attempts)
+    if entry is not None and entry.bundled:
+        folder = zoo.bundled_folder(entry.model_id, weights_dir)
+        if (folder / WEIGHTS_NAME).is_file() and (folder / CONFIG_NAME).is_file():
+            actual = sha256_file(folder / WEIGHTS_NAME)
+            if actual != expected:
+                raise IntegrityError(f"the bundled copy {folder / WEIGHTS_NAME} has sha256 {actual}, the zoo "
+                                     f"records {expected}; reinstall the package or update the zoo entry")
+            if repo_id is not None:
+                warnings.warn(f"using the bundled copy of {entry.model_id} because the Hub copy was unavailable: "
+                              + "; ".join(attempts), BundledFallbackWarning, stacklevel=3)
+            return ResolvedModel(folder, "bundled copy", entry.model_id, repo_id, None, actual, attempts)
+        attempts.append(f"bundled copy: {folder} has no {CONFIG_NAME} and {WEIGHTS_NAME} (the weights are not "
+                        f"installed; set ${zoo.WEIGHTS_DIR_ENV} or reinstall the package)")
+    elif entry is not None:
+        attempts.append("bundled copy: none ships with the package for this model")
+    raise ModelNotFoundError(name, attempts)
+
+
+def from_pretrained(
+    name: str | Path,
+    revision: str | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    weights_dir: str | Path | None = None,
+    force_download: bool = False,
+    device: str | torch.device | None = None,
+) -> RefineNet:
+    """A ready model (eval mode, whatever its class) from a folder, zoo id or Hub repo id.
+
+    The returned model carries ``weights_source`` (a :class:`ResolvedModel`) saying where its
+    weights came from.
+    """
+    resolved = resolve_pretrained(name, revision, cache_dir=cache_dir, endpoint=endpoint, token=token,
+                                  weights_dir=weights_dir, force_download=force_download)
+    model = load_folder(resolved.folder, device=device)
+    model.weights_source = resolved
+    return model
+
+
+# ----------------------------------------------------------------------------- publishing
+
+
+@dataclass
+class PushResult:
+    """What ``push_to_hub`` did (or would do, with ``dry_run``)."""
+
+    repo_id: str
+    revision: str
+    files: list[str]
+    sha256: str
+    commit: str | None = None
+    url: str | None = None
+    dry_run: bool = False
+
+    def zoo_fields(self) -> str:
+        """The values to record in the zoo entry of this model."""
+        return f'repo_id="{self.repo_id}", revision="{self.commit or "<commit>"}", sha256="{self.sha256}"'
+
+
+def validate_repo_id(repo_id: str) -> str:
+    if not _REPO_ID.match(repo_id):
+        raise ValueError(f"{repo_id!r} is not a Hub repo id; expected ORG/NAME (letters, digits, '-', '_', '.')")
+    return repo_id
+
+
+def push_to_hub(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    endpoint: str | None = None,
+    commit_message: str | None = None,
+    dry_run: bool = False,
+) -> PushResult:
+    """Publish a model folder with ``HfApi.create_repo`` + ``upload_folder``.
+
+    The folder is loaded strictly first, so nothing unloadable is ever published; it must have
+    its model card. ``revision`` names a branch (created if missing).
+    """
+    validate_repo_id(repo_id)
+    folder = Path(folder)
+    load_folder(folder)
+    if not (folder / CARD_NAME).is_file():
+        raise WeightsError(f"{folder} has no {CARD_NAME} model card; write one with save_pretrained")
+    files = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    result = PushResult(repo_id, revision or constants.DEFAULT_REVISION, files, sha256_file(folder / WEIGHTS_NAME),
+                        dry_run=dry_run)
+    if dry_run:
+        return result
+    api = HfApi(endpoint=endpoint, token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision and revision != constants.DEFAULT_REVISION:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
+                             commit_message=commit_message or f"Upload {folder.name} with refinenet push",
+                             allow_patterns=files)
+    result.commit, result.url = info.oid, info.commit_url
+    return result
+
+
+def push_model_to_hub(model: RefineNet, repo_id: str, **kwargs) -> PushResult:
+    """Save ``model`` to a temporary folder and publish it (see :func:`push_to_hub`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp, repo_id=repo_id)
+        return push_to_hub(tmp, repo_id, **kwargs)
+
+
+__all__ = [
+    "BundledFallbackWarning",
+    "IntegrityError",
+    "ModelNotFoundError",
+    "PushResult",
+    "ResolvedModel",
+    "StrictLoadError",
+    "WeightsError",
+    "check_state_dict",
+    "from_pretrained",
+    "load_folder",
+    "load_state_dict_strict",
+    "model_from_state_dict",
+    "push_model_to_hub",
+    "push_to_hub",
+    "resolve_pretrained",
+    "save_pretrained",
+    "validate_repo_id",
+]

@@ -1,0 +1,171 @@
+"""The model zoo: every model this project publishes, in one table.
+
+An entry says where a model lives (Hub repo and pinned revision, and/or a copy bundled in the
+package under ``refinenet/weights/<model_id>/``), what it was trained on, how well it does, and
+the sha256 of its ``model.safetensors`` so that every copy is checked before use.
+
+A model that is not published yet has ``repo_id=None``: never invent a repo id. Publish with
+``refinenet push FOLDER --repo-id ORG/NAME``, then fill in ``repo_id`` and ``revision`` (the
+commit hash the push prints). Compute ``sha256`` with ``python -m refinenet.zoo --hash FOLDER``.
+
+Resolution order (``refinenet.hub.from_pretrained``): an explicit local folder, the Hugging
+Face cache, a Hub download, the bundled copy, then an error that lists everything tried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+
+# Environment variable that moves the bundled-weights directory (tests, system packages).
+WEIGHTS_DIR_ENV = "REFINENET_WEIGHTS_DIR"
+
+# CamVid, 11-class protocol of the SegNet split (label 11 = void, ignored), in label order.
+CAMVID_CLASSES = (
+    "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
+)
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One published model.
+
+    ``metrics`` maps a metric name (e.g. ``"test_mean_iou"``) to its value in percent.
+    ``sha256`` is that of ``model.safetensors``; ``None`` only while the weights do not exist
+    yet, and such an entry refuses to load.
+    """
+
+    model_id: str
+    title: str
+    architecture: str
+    backbone: str
+    dataset: str
+    classes: tuple[str, ...]
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    repo_id: str | None = None
+    revision: str | None = None
+    sha256: str | None = None
+    bundled: bool = False
+    license: str = "mit"
+
+    @property
+    def published(self) -> bool:
+        return self.repo_id is not None
+
+
+MODELS: dict[str, ZooEntry] = {
+    entry.model_id: entry
+    for entry in (
+        ZooEntry(
+            model_id="camvid-refinenet-mobilenetv2",
+            title="RefineNet (4-cascade, RCUs, chained residual pooling) on MobileNetV2, trained on CamVid",
+            architecture="refinenet",
+            backbone="mobilenetv2",
+            dataset="CamVid (11 classes)",
+            classes=CAMVID_CLASSES,
+            bundled=True,
+        ),
+        ZooEntry(
+            model_id="camvid-lw-refinenet-mobilenetv2",
+            title="Light-Weight RefineNet on MobileNetV2, trained on CamVid",
+            architecture="lw-refinenet",
+            backbone="mobilenetv2",
+            dataset="CamVid (11 classes)",
+            classes=CAMVID_CLASSES,
+            bundled=True,
+        ),
+    )
+}
+
+
+def list_models() -> list[ZooEntry]:
+    """All registered models, in table order."""
+    return list(MODELS.values())
+
+
+def get_entry(model_id: str) -> ZooEntry:
+    """The entry of a model id; a KeyError naming the known ids otherwise."""
+    try:
+        return MODELS[model_id]
+    except KeyError:
+        raise KeyError(f"no model {model_id!r} in the zoo; known ids: {', '.join(MODELS) or 'none'}") from None
+
+
+def weights_dir(override: str | Path | None = None) -> Path:
+    """Directory of the bundled model folders: ``override``, else ``$REFINENET_WEIGHTS_DIR``,
+    else ``refinenet/weights`` inside the installed package."""
+    if override is not None:
+        return Path(override)
+    env = os.environ.get(WEIGHTS_DIR_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent / "weights"
+
+
+def bundled_folder(model_id: str, override: str | Path | None = None) -> Path:
+    return weights_dir(override) / model_id
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_folder(folder: str | Path) -> str:
+    """The sha256 a zoo entry records for a model folder (that of its model.safetensors)."""
+    weights = Path(folder) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME}")
+    return sha256_file(weights)
+
+
+def _describe(entry: ZooEntry, override: str | Path | None) -> str:
+    where = entry.repo_id + (f"@{entry.revision}" if entry.revision else "") if entry.repo_id else "not on the Hub yet"
+    bundled = ""
+    if entry.bundled:
+        present = (bundled_folder(entry.model_id, override) / WEIGHTS_NAME).is_file()
+        bundled = ", bundled" + ("" if present else " (folder missing)")
+    metrics = ", ".join(f"{k} {v:.1f}" for k, v in entry.metrics.items()) or "no metrics yet"
+    return f"{entry.model_id}: {entry.title} [{where}{bundled}; {entry.dataset}; {metrics}]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m refinenet.zoo", description="inspect the model zoo")
+    parser.add_argument("--hash", metavar="FOLDER", help="print the sha256 of FOLDER/model.safetensors")
+    parser.add_argument("--check", action="store_true",
+                        help="verify the sha256 of every bundled copy present against the registry")
+    args = parser.parse_args(argv)
+    if args.hash:
+        print(hash_folder(args.hash))
+        return 0
+    if args.check:
+        failures = 0
+        for entry in list_models():
+            folder = bundled_folder(entry.model_id)
+            if not entry.bundled or not (folder / WEIGHTS_NAME).is_file():
+                continue
+            actual = hash_folder(folder)
+            ok = entry.sha256 == actual
+            failures += not ok
+            print(f"{'ok ' if ok else 'BAD'} {entry.model_id}: registry {entry.sha256}, file {actual}")
+        return 1 if failures else 0
+    for entry in list_models():
+        print(_describe(entry, None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
