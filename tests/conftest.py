@@ -1,9 +1,11 @@
 """Shared fixtures: one tiny random RefineNet and its Hub-layout folder.
 
 The tiny model (MobileNetV2 backbone, widths 32/16/16/16, 5 classes, ~2.3 M parameters) keeps
-tests fast on a 2-core CPU. Its classifier is re-drawn with larger weights and no bias so that
-random label maps show several classes instead of one: tests comparing label maps then compare
-something.
+tests fast on a 2-core CPU. A randomly initialised backbone in eval mode (BN statistics 0 and 1)
+shrinks its features at every block, down to ~1e-8 at stride 32, so every level but the finest
+would be invisible in the output. :func:`calibrate_batch_norm` gives the BN layers the statistics
+of random images, and the classifier is re-drawn without bias, so that every level matters and
+label maps show several classes: tests comparing label maps then compare something.
 """
 
 from __future__ import annotations
@@ -18,9 +20,43 @@ import refinenet
 from refinenet.models import RefineNet
 
 
+@pytest.fixture
+def single_thread():
+    """Run a test's torch ops on one thread (opt in with ``pytestmark = pytest.mark.usefixtures(...)``).
+
+    The default suite runs on 2 shared cores, often beside a training job: two intra-op threads
+    then wait on each other and a small forward pass takes ten times longer than on one thread.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def calibrate_batch_norm(model: RefineNet, seed: int = 0) -> RefineNet:
+    """Set every backbone BN's running statistics to those of one batch of random images."""
+    generator = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average: after one batch, exactly its statistics
+    model.backbone.train()
+    with torch.no_grad():
+        model.backbone(torch.rand(2, 3, 128, 128, generator=generator))
+    for bn in norms:
+        bn.momentum = 0.1
+    return model.eval()
+
+
+@pytest.fixture
+def calibrate():
+    """:func:`calibrate_batch_norm`, for tests that build their own random models."""
+    return calibrate_batch_norm
+
+
 def make_tiny_model(seed: int = 0, num_classes: int = 5) -> RefineNet:
     torch.manual_seed(seed)
-    model = refinenet.refinenet_mobilenetv2(num_classes=num_classes, widths=[32, 16, 16, 16])
+    model = calibrate_batch_norm(refinenet.refinenet_mobilenetv2(num_classes=num_classes, widths=[32, 16, 16, 16]))
     with torch.no_grad():
         torch.nn.init.normal_(model.classifier.weight, std=0.5)
         model.classifier.bias.zero_()

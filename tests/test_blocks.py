@@ -12,6 +12,8 @@ import torch
 
 from refinenet.blocks import ChainedResidualPooling, MultiResolutionFusion, ResidualConvUnit
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def set_identity(conv: torch.nn.Conv2d, scale: float = 1.0) -> None:
     """Kernel with ``scale`` at the centre for channel i -> i (first ``min(in, out)`` channels)."""
