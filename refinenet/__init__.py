@@ -9,6 +9,7 @@ from .blocks import (
     ResidualConvUnit,
 )
 from .config import RefineNetConfig
+from .hub import from_pretrained, push_to_hub, save_pretrained
 from .inference import ImageLoadError, SegmentationResult, Segmenter, load_image, predict
 from .models import (
     LightWeightRefineNet,
@@ -44,15 +45,18 @@ __all__ = [
     "Segmenter",
     "build_model",
     "count_parameters",
+    "from_pretrained",
     "load_image",
     "lw_refinenet_mobilenetv2",
     "lw_refinenet_resnet101",
     "lw_refinenet_resnet152",
     "lw_refinenet_resnet50",
     "predict",
+    "push_to_hub",
     "refinenet_mobilenetv2",
     "refinenet_resnet101",
     "refinenet_resnet152",
     "refinenet_resnet50",
+    "save_pretrained",
     "__version__",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import Tensor, nn
 
@@ -75,6 +76,28 @@ class RefineNet(nn.Module):
             coarse_channels = width
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = conv(coarse_channels, config.num_classes, 3, bias=True)
+
+    def save_pretrained(self, folder, **card) -> Path:
+        """Write config.json, model.safetensors and README.md (see :func:`refinenet.hub.save_pretrained`)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, folder, **card)
+
+    def push_to_hub(self, repo_id: str, **options):
+        """Publish this model on the Hub (see :func:`refinenet.hub.push_to_hub`)."""
+        from .hub import push_model_to_hub
+
+        return push_model_to_hub(self, repo_id, **options)
+
+    @classmethod
+    def from_pretrained(cls, name, revision: str | None = None, **options) -> RefineNet:
+        """Load a folder, zoo id or Hub repo id; ``refinenet.from_pretrained`` accepts any class."""
+        from .hub import from_pretrained
+
+        model = from_pretrained(name, revision, **options)
+        if not isinstance(model, cls):
+            raise TypeError(f"{name} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
 
     def blocks(self) -> list[tuple[str, RefineNetBlock]]:
         """The RefineNet blocks with their paper names, deepest first."""
