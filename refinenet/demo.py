@@ -349,15 +349,14 @@ def render_crp(result: DemoResult, block_name: str, reduction: str = "pca", scal
     stages = len(block.crp_branches)
     cells = context_cells(stages)
     maps = [block.crp_input, *block.crp_branches, *block.crp_sums]
-    captions = [f"CRP input (after ReLU) · {_shape_text(block.crp_input)}"]
-    captions += [f"stage {i + 1} branch · sees {c}×{c} cells = {c * block.stride} px"
-                 for i, c in enumerate(cells)]
-    captions += [f"running sum after stage {i + 1}" for i in range(stages)]
+    captions = [f"input {_shape_text(block.crp_input)}"]
+    captions += [f"branch {i + 1} · {c}×{c} cells" for i, c in enumerate(cells)]
+    captions += [f"sum after stage {i + 1}" for i in range(stages)]
     reduced = reduce_feature_maps(maps, captions, reduction, scaling, colormap, k=1)
     pictures = [(upsample_nearest(item.rgb, _display_factor(block.stride, item.rgb.shape[:2])), item.caption)
                 for item in reduced]
-    context = (render_context(result, block.stride, cells),
-               f"pooling windows drawn to scale ({', '.join(str(c * block.stride) for c in cells)} px)")
+    window = f"windows {cells[0] * block.stride}…{cells[-1] * block.stride} px"
+    context = (render_context(result, block.stride, cells), window)
     return [pictures[0], *pictures[1:1 + stages], context, *pictures[1 + stages:]]
 
 

@@ -1,0 +1,486 @@
+"""RefineNet teaching demo: segment a photo, then look inside the multi-path refinement.
+
+    python app.py                              # the first zoo model that loads, on the GPU if any
+    python app.py --model path/to/folder       # any model folder in the project's format, or a Hub repo id
+    REFINENET_APP_MODEL=org/name python app.py
+
+This file is the user interface only: layout, events and the messages users read. The network
+runs in :mod:`refinenet.inference`, the panels are computed by :mod:`refinenet.demo` and
+:mod:`refinenet.visualize`. The network runs once per image; every view option re-renders from
+the activations cached in the session (``gr.State``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from refinenet import demo, zoo
+from refinenet.inference import ImageLoadError
+from refinenet.visualize import COLORMAPS, REDUCTIONS, SCALINGS
+
+HERE = Path(__file__).resolve().parent
+ASSETS = HERE / "assets"
+MODEL_ENV = "REFINENET_APP_MODEL"
+DEVICE_ENV = "REFINENET_APP_DEVICE"
+# Sessions keep their cached activations this long after their last segmentation.
+STATE_TTL_SECONDS = 15 * 60
+# Label-map PNGs written for download are removed after this long.
+DOWNLOAD_TTL_SECONDS = 60 * 60
+# What a segmentation returns: the state, 14 panels and the timing line.
+SEGMENT_OUTPUTS = 16
+
+try:  # ZeroGPU on Hugging Face Spaces: borrow a GPU only while the network runs.
+    import spaces
+
+    network = spaces.GPU
+except ImportError:
+    def network(fn):
+        return fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Texts for students, shown beside the panels.
+
+INTRO = """
+# RefineNet: multi-path refinement, live
+
+Upload a street photo (or use your webcam, or paste from the clipboard). The network is
+**RefineNet** (Lin et al., CVPR 2017): a backbone shrinks the image to 1/32 of its size; deep
+features know *what* is in the picture, shallow ones know *where the edges are*. Four
+**RefineNet blocks** fuse them from the top down, **RefineNet-4** (deepest, 1/32) to
+**RefineNet-1** (1/4), and a classifier turns the result into one class per pixel.
+"""
+
+EXAMPLES_NOTE = (
+    "**About the examples:** they are *synthetic* street scenes drawn by a script. No street "
+    "photograph with a licence to redistribute could be shipped (CamVid frames carry none), so for "
+    "real results **upload your own street photo** or use the webcam."
+)
+
+SEGMENTATION_HELP = """
+**Segmentation.** Each pixel gets the class with the highest score. The *opacity* slider blends
+the class colours over your photo. The **confidence** map shows that highest probability:
+bright = sure, dark = unsure; doubt gathers along object boundaries, where two classes meet.
+"""
+
+STAGES_HELP = """
+**RefineNet-4 → RefineNet-1, deep to shallow.** Each picture is the output of one block, a stack
+of C feature maps of H×W cells (one cell = *stride* × *stride* pixels of the network input). The
+maps are enlarged *without smoothing*, so you see each block's real resolution: RefineNet-4
+is coarse but knows "what", RefineNet-1 is four times finer per step down and sharpens the edges.
+C channels are too many to look at, so they are **reduced**: *PCA to RGB* colours pixels with
+similar feature vectors alike; *L2 norm* shows how strongly a place responds; *mean* is the
+average channel; *top-k* shows the k strongest channels themselves. *Per map* scaling stretches
+every picture to its own range; *shared* uses one range, so you can compare strengths.
+"""
+
+CRP_HELP = """
+**Chained residual pooling (CRP).** Inside every block, CRP collects context from a growing
+neighbourhood: each stage max-pools (5×5) the *previous stage's output* and convolves it, and the
+result is added to a running sum. Pooling a pooled map widens the window: stage 1 sees 5×5 cells,
+stage 2 9×9, stage 3 13×13, stage 4 17×17, drawn to scale on the photo. Top row: the input and
+each stage's branch; bottom row: the pooling windows, then the running sum after each stage.
+"""
+
+ABLATION_HELP = """
+**Path ablation.** RefineNet's long-range paths carry the backbone's features at 1/4, 1/8, 1/16
+and 1/32 into the blocks. Switch one off (its features become zero) and the network runs again:
+the change map shows the photo in grey with every pixel that changed class painted in its *new*
+class colour. Cutting 1/32 usually changes *what* is recognised in large regions; cutting 1/4
+mostly changes *boundaries*.
+"""
+
+ARCHITECTURE_HELP = """
+**The architecture of this run.** Top: the backbone levels, bottom: the RefineNet blocks that
+fuse them (RCU = residual conv unit, MRF = multi-resolution fusion, CRP = chained residual
+pooling), with the tensor shapes (C×H×W) your image produced. A switched-off path is dashed.
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Input component
+
+
+class ImageUpload(gr.Image):
+    """An image input that hands the uploaded file to the package undecoded.
+
+    ``gr.Image`` would open the file with Pillow itself and fail on a damaged upload with
+    Pillow's message and a server path. Decoding, EXIF orientation, colour modes (grey, RGBA,
+    16-bit) and the size limit are :func:`refinenet.inference.load_image`'s job, whose errors
+    are written for users. ``is_template`` keeps the browser widget of ``gr.Image``.
+    """
+
+    is_template = True
+
+    def preprocess(self, payload):  # type: ignore[override]
+        if payload is None:
+            return None
+        url = getattr(payload, "url", None)
+        if url and url.startswith("data:"):  # a pasted or captured image sent inline
+            try:
+                return base64.b64decode(url.split(",", 1)[1], validate=False)
+            except (ValueError, IndexError) as error:
+                raise user_error("The pasted image could not be decoded; try uploading the file instead.") from error
+        if payload.path is None:
+            return None
+        return payload.path
+
+
+# ---------------------------------------------------------------------------------------------
+# The application
+
+
+class DemoApp:
+    """The model cache, the download folder and the event handlers of one running demo."""
+
+    def __init__(self, default_model: str | None = None, device: str | None = None) -> None:
+        self.models = demo.SegmenterCache(device=device)
+        self.downloads = Path(tempfile.mkdtemp(prefix="refinenet-app-"))
+        self.default_model, self.startup_notes = self._choose_default(default_model)
+
+    # -- models -------------------------------------------------------------------------------
+
+    def _choose_default(self, requested: str | None) -> tuple[str, list[str]]:
+        """The requested model, else the first zoo model that loads; a clear error otherwise."""
+        if requested:
+            try:
+                self.models.get(requested)
+            except Exception as error:  # shown to whoever starts the app
+                raise SystemExit(f"The model {requested!r} could not be loaded: {error}") from error
+            return requested, []
+        failures = []
+        for entry in zoo.list_models():
+            try:
+                self.models.get(entry.model_id)
+                return entry.model_id, failures
+            except Exception as error:
+                failures.append(f"{entry.model_id}: {error}")
+        raise SystemExit(
+            "No model could be loaded, so the demo cannot start.\n  "
+            + "\n  ".join(failures or ["the zoo lists no models"])
+            + f"\nGive one explicitly: python app.py --model FOLDER_OR_REPO_ID (or set {MODEL_ENV})."
+        )
+
+    def model_choices(self) -> list[str]:
+        names = [entry.model_id for entry in zoo.list_models()]
+        for name in [self.default_model, *self.models.loaded()]:
+            if name not in names:
+                names.append(name)
+        return names
+
+    def _segmenter(self, name: str | None):
+        name = (name or self.default_model).strip()
+        try:
+            return name, self.models.get(name)
+        except Exception as error:
+            raise user_error(f"The model {name!r} could not be loaded: {error}", title="Model not available") from error
+
+    def load_model(self, name: str, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
+        """Load a zoo model, Hub repo id or local model folder, and make it the selected model."""
+        name = (name or "").strip()
+        if not name:
+            raise user_error("Type a Hub repo id (ORG/NAME) or the path of a model folder first.")
+        progress(0, desc=f"Loading {name} …")
+        tick = time.perf_counter()
+        segmenter = self._segmenter(name)[1]
+        config = segmenter.config
+        classes = ", ".join(segmenter.class_names[:12]) + (" …" if config.num_classes > 12 else "")
+        status = (f"Model **{name}** ready ({config.architecture}, {config.backbone}, {config.num_classes} classes: "
+                  f"{classes}; runs at {segmenter.max_side} px, on {segmenter.device.type}; "
+                  f"loaded in {time.perf_counter() - tick:.1f} s).")
+        return gr.Dropdown(choices=self.model_choices(), value=name), status
+
+    # -- segmentation -------------------------------------------------------------------------
+
+    def _prune_downloads(self) -> None:
+        cutoff = time.time() - DOWNLOAD_TTL_SECONDS
+        for path in self.downloads.glob("labels-*.png"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except OSError:
+                pass
+
+    def run_network(self, image, model_name: str | None) -> demo.DemoResult:
+        """Load the input (readable errors) and run the network once, caching every activation."""
+        if image is None:
+            raise user_error("No image yet: upload a photo, use the webcam or paste an image, then press Segment.",
+                           title="No image")
+        name, segmenter = self._segmenter(model_name)
+        try:
+            data = image if isinstance(image, bytes) else Path(image).read_bytes()
+            self._prune_downloads()
+            return demo.segment(segmenter, data, model_id=name, out_dir=self.downloads)
+        except ImageLoadError as error:
+            raise user_error(f"This file cannot be used as an image: {error}.", title="Unreadable image") from error
+        except MemoryError as error:
+            raise user_error("The image is too large for the memory of this server; downscale it and try again.",
+                           title="Image too large") from error
+        except (OSError, RuntimeError, ValueError) as error:
+            raise user_error(f"Segmentation failed: {error}", title="Segmentation failed") from error
+
+    def segment(self, image, model_name, opacity, reduction, scaling, colormap, top_k, crp_block):
+        """Segment an image and render every panel."""
+        result = network_run(self, image, model_name)
+        tick = time.perf_counter()
+        blocks = [b.name for b in result.blocks]
+        crp_block = crp_block if crp_block in blocks else default_crp_block(blocks)
+        views = (
+            *self.segmentation_views(result, opacity),
+            self.features(result, reduction, scaling, colormap, top_k),
+            gr.Dropdown(choices=blocks, value=crp_block),
+            *self.crp(result, crp_block, reduction, scaling, colormap),
+            None, None, "Choose a path to switch off.", "none",
+            demo.render_architecture(result),
+        )
+        timing = demo.timing_markdown(result, time.perf_counter() - tick)
+        return (result, *views, timing)
+
+    def segment_on_change(self, image, *args):
+        """Auto-run when the input image changes (upload, example, webcam); clearing it is silent."""
+        if image is None:
+            return tuple(gr.skip() for _ in range(SEGMENT_OUTPUTS))
+        return self.segment(image, *args)
+
+    def segmentation_views(self, result: demo.DemoResult, opacity: float):
+        return (
+            demo.render_overlay(result, opacity),
+            gr.AnnotatedImage(value=demo.render_annotations(result), color_map=demo.colour_map_of(result)),
+            demo.render_legend(result),
+            demo.render_confidence(result),
+            str(result.label_png),
+        )
+
+    # -- views from the cache -----------------------------------------------------------------
+
+    @staticmethod
+    def _cached(result: demo.DemoResult | None) -> demo.DemoResult:
+        if result is None:
+            raise user_error("Segment an image first: the views are drawn from its cached activations.",
+                           title="Nothing to show yet")
+        return result
+
+    def overlay(self, result, opacity):
+        """Re-blend the label colours at a new opacity (no network run)."""
+        return demo.render_overlay(self._cached(result), opacity)
+
+    def features(self, result, reduction, scaling, colormap, top_k):
+        """RefineNet-4 … RefineNet-1 outputs with a reduction and scaling (no network run)."""
+        result = self._cached(result)
+        reduction, scaling = _option(reduction, REDUCTIONS, "reduction"), _option(scaling, SCALINGS, "scaling")
+        colormap = _option(colormap, {c: c for c in COLORMAPS}, "colour map")
+        k = int(top_k or 1)
+        if not 1 <= k <= 16:
+            raise user_error("top-k must be between 1 and 16.")
+        items = demo.render_stages(result, reduction, scaling, colormap, k)
+        columns = k if reduction == "topk" else len(result.blocks)
+        return gr.Gallery(value=items, columns=columns)
+
+    def crp(self, result, block, reduction, scaling, colormap):
+        """Chained residual pooling of one block: input, branches, running sums (no network run)."""
+        result = self._cached(result)
+        names = [b.name for b in result.blocks]
+        if block not in names:
+            raise user_error(f"No block named {block!r}; this model has {', '.join(names)}.")
+        reduction, scaling = _option(reduction, REDUCTIONS, "reduction"), _option(scaling, SCALINGS, "scaling")
+        colormap = _option(colormap, {c: c for c in COLORMAPS}, "colour map")
+        items = demo.render_crp(result, block, reduction, scaling, colormap)
+        stages = len(result.block(block).crp_branches)
+        return gr.Gallery(value=items, columns=stages + 1), demo.crp_context_markdown(result, block)
+
+    def ablate(self, result, path, opacity):
+        """Switch off one backbone path (1/4, 1/8, 1/16, 1/32) and show what changed."""
+        result = self._cached(result)
+        if path in (None, "", "none"):
+            return None, None, "All paths are on: this is the full network.", demo.render_architecture(result)
+        try:
+            stride = int(str(path).removeprefix("1/"))
+        except ValueError:
+            stride = -1
+        if stride not in (4, 8, 16, 32):
+            raise user_error(f"The path to switch off must be 1/4, 1/8, 1/16 or 1/32, not {path!r}.")
+        view = network_ablate(self, result, stride, opacity)
+        return view.overlay, view.changes, view.summary, demo.render_architecture(result, ablated_stride=stride)
+
+
+def user_error(message: str, title: str = "Error") -> gr.Error:
+    """An error for the user: shown in the UI (and to API clients), without a server traceback."""
+    return gr.Error(message, title=title, print_exception=False)
+
+
+def default_crp_block(blocks: list[str]) -> str:
+    """RefineNet-3 when there is one: its 16-pixel cells make the growing windows easy to see."""
+    return "RefineNet-3" if "RefineNet-3" in blocks else blocks[0]
+
+
+def _option(value, allowed: dict[str, str], what: str) -> str:
+    if value in allowed:
+        return value
+    for key, label in allowed.items():  # accept the label shown in the UI as well
+        if value == label:
+            return key
+    raise user_error(f"Unknown {what} {value!r}; choose one of: {', '.join(allowed)}.")
+
+
+@network
+def network_run(app: DemoApp, image, model_name):
+    return app.run_network(image, model_name)
+
+
+@network
+def network_ablate(app: DemoApp, result: demo.DemoResult, stride: int, opacity: float):
+    name, segmenter = app._segmenter(result.model_id)
+    try:
+        return demo.ablate(segmenter, result, stride, opacity)
+    except (RuntimeError, ValueError) as error:
+        raise user_error(f"The ablation failed: {error}") from error
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout
+
+
+def build_demo(app: DemoApp) -> gr.Blocks:
+    reduction_choices = [(label, key) for key, label in REDUCTIONS.items()]
+    scaling_choices = [(label, key) for key, label in SCALINGS.items()]
+    with gr.Blocks(title="RefineNet: multi-path refinement, live") as blocks:
+        gr.Markdown(INTRO)
+        with gr.Row():
+            with gr.Column(scale=2, min_width=320):
+                image = ImageUpload(label="Your image", sources=["upload", "webcam", "clipboard"], type="filepath",
+                                    image_mode=None, height=360, elem_id="input-image")
+                segment_button = gr.Button("Segment", variant="primary", elem_id="segment-button")
+                examples = sorted(str(p) for p in ASSETS.glob("synthetic-*.jpg"))
+                if examples:
+                    gr.Examples(examples=[[p] for p in examples], inputs=[image], label="Synthetic examples")
+                gr.Markdown(EXAMPLES_NOTE)
+                with gr.Accordion("Model", open=False):
+                    model = gr.Dropdown(choices=app.model_choices(), value=app.default_model, label="Model",
+                                        allow_custom_value=True, elem_id="model-choice")
+                    custom = gr.Textbox(label="…or a Hugging Face repo id (ORG/NAME) or a local model folder",
+                                        placeholder="org/refinenet-model  or  /path/to/folder")
+                    load_button = gr.Button("Load model")
+                    model_status = gr.Markdown(f"Model **{app.default_model}** is loaded."
+                                               + "".join(f"\n\n(skipped {n})" for n in app.startup_notes))
+            with gr.Column(scale=3, min_width=360):
+                gr.Markdown(SEGMENTATION_HELP)
+                overlay = gr.Image(label="Segmentation overlay", format="png", interactive=False,
+                                   elem_id="overlay")
+                opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="Label opacity")
+                timing = gr.Markdown(elem_id="timing")
+                with gr.Row():
+                    legend = gr.HTML(label="Classes and their share of the pixels", elem_id="legend")
+                    confidence = gr.Image(label="Confidence (max softmax)", format="png", interactive=False,
+                                          elem_id="confidence")
+                with gr.Row():
+                    annotated = gr.AnnotatedImage(label="Hover a class to highlight it", format="png",
+                                                  elem_id="annotated")
+                    download = gr.File(label="Label map (lossless palette PNG: pixel value = class index)",
+                                       interactive=False, elem_id="label-png")
+
+        gr.Markdown("## Inside RefineNet: RefineNet-4 → RefineNet-1")
+        gr.Markdown(STAGES_HELP)
+        with gr.Row():
+            reduction = gr.Radio(reduction_choices, value="pca", label="Reduction of the channels")
+            scaling = gr.Radio(scaling_choices, value="per-map", label="Scaling")
+            colormap = gr.Dropdown(list(COLORMAPS), value="viridis", label="Colour map (perceptually uniform)")
+            top_k = gr.Slider(1, 8, value=4, step=1, label="k for top-k channels")
+        stages = gr.Gallery(label="Block outputs, deep to shallow", columns=4, height="auto", format="png",
+                            object_fit="contain", elem_id="stages")
+
+        gr.Markdown("## Chained residual pooling")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=260):
+                gr.Markdown(CRP_HELP)
+                block_names = app.models.get(app.default_model).config.block_names
+                crp_block = gr.Dropdown(choices=block_names, value=default_crp_block(block_names), label="Block",
+                                        elem_id="crp-block")
+                crp_context = gr.Markdown()
+            with gr.Column(scale=3):
+                crp = gr.Gallery(label="CRP: input and branches (top), windows and running sums (bottom)",
+                                 columns=5, height="auto", format="png", object_fit="contain", elem_id="crp")
+
+        gr.Markdown("## Path ablation")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=260):
+                gr.Markdown(ABLATION_HELP)
+                path = gr.Radio([("keep all", "none"), ("1/4", "4"), ("1/8", "8"), ("1/16", "16"), ("1/32", "32")],
+                                value="none", label="Switch off the backbone path at", elem_id="ablation-path")
+                ablation_summary = gr.Markdown("Choose a path to switch off.")
+            ablated = gr.Image(label="Prediction without that path", format="png", interactive=False,
+                               elem_id="ablated")
+            changes = gr.Image(label="Where it changed (new class colour)", format="png", interactive=False,
+                               elem_id="changes")
+
+        gr.Markdown("## Architecture")
+        gr.Markdown(ARCHITECTURE_HELP)
+        architecture = gr.HTML(elem_id="architecture")
+
+        state = gr.State(None, time_to_live=STATE_TTL_SECONDS)
+
+        view_inputs = [opacity, reduction, scaling, colormap, top_k, crp_block]
+        outputs = [state, overlay, annotated, legend, confidence, download, stages, crp_block, crp, crp_context,
+                   ablated, changes, ablation_summary, path, architecture, timing]
+        network_options = dict(concurrency_limit=app_concurrency(), concurrency_id="network")
+        segment_button.click(app.segment, [image, model, *view_inputs], outputs, api_name="segment",
+                             **network_options)
+        image.change(app.segment_on_change, [image, model, *view_inputs], outputs, api_name=False,
+                     **network_options)
+        opacity.release(app.overlay, [state, opacity], overlay, api_name="overlay")
+        feature_inputs = [state, reduction, scaling, colormap, top_k]
+        reduction.input(app.features, feature_inputs, stages, api_name="features")
+        for control in (scaling, colormap):
+            control.input(app.features, feature_inputs, stages, api_name=False)
+        top_k.release(app.features, feature_inputs, stages, api_name=False)
+        crp_inputs = [state, crp_block, reduction, scaling, colormap]
+        crp_block.input(app.crp, crp_inputs, [crp, crp_context], api_name="crp")
+        for control in (reduction, scaling, colormap):
+            control.input(app.crp, crp_inputs, [crp, crp_context], api_name=False)
+        path.input(app.ablate, [state, path, opacity], [ablated, changes, ablation_summary, architecture],
+                   api_name="ablate", **network_options)
+        load_button.click(app.load_model, custom, [model, model_status], api_name="load_model",
+                          **network_options)
+        model.input(app.load_model, model, [model, model_status], api_name=False, **network_options)
+    return blocks
+
+
+def app_concurrency() -> int:
+    """Network runs at a time: one on a CPU (two would only share its cores), two on a GPU."""
+    import torch
+
+    return 2 if torch.cuda.is_available() else 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="RefineNet teaching demo (Gradio)")
+    parser.add_argument("--model", default=os.environ.get(MODEL_ENV),
+                        help=f"zoo id, Hub repo id or model folder (default: ${MODEL_ENV}, else the first zoo "
+                             "model that loads)")
+    parser.add_argument("--device", default=os.environ.get(DEVICE_ENV), help="cpu, cuda, mps (default: best)")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME"), help="address to listen on")
+    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
+    parser.add_argument("--queue-size", type=int, default=32, help="requests waiting at most")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    app = DemoApp(args.model, args.device)
+    blocks = build_demo(app)
+    blocks.queue(default_concurrency_limit=4, max_size=args.queue_size)
+    mcp = importlib.util.find_spec("mcp") is not None  # gradio[mcp] installed: also serve the tools
+    blocks.launch(server_name=args.host, server_port=args.port, show_error=False, mcp_server=mcp or None,
+                  allowed_paths=[str(ASSETS)], footer_links=["api", "gradio", "settings"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
