@@ -141,7 +141,7 @@ def _decode(stream: BinaryIO, name: str, max_pixels: int) -> Image.Image:
                 "use a PNG, JPEG, WebP, BMP, GIF or TIFF image"
             ) from error
         except Exception as error:  # see the docstring
-            raise ImageLoadError(f"{name} could not be read as an image: {error}") from error
+            raise ImageLoadError(f"{name} is a damaged image file: its header could not be read ({error})") from error
         _check_size(image.size, name, max_pixels)
         try:
             image.load()
@@ -550,7 +550,10 @@ def predict(
     (``return_features``, ``ablate_stride``).
     """
     if model is None:
-        raise TypeError("predict() needs a model: a RefineNet object, a model folder, a zoo id or a Hub repo id")
+        from .zoo import MODELS
+
+        raise TypeError("predict() needs a model: a RefineNet object, a model folder, a Hub repo id or a zoo id "
+                        f"({', '.join(MODELS) or 'none registered'})")
     if isinstance(model, str | Path):
         from .hub import from_pretrained
 

@@ -74,6 +74,12 @@ def test_missing_file_and_folder(tmp_path):
         load_image(tmp_path)
 
 
+def test_damaged_headers():
+    # A JPEG signature followed by rubbish: Pillow recognises the format, then fails in the header.
+    with pytest.raises(ImageLoadError, match="damaged image file"):
+        load_image(b"\xff\xd8\xff\xe0 not really a JPEG" + bytes(300))
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_truncated_files(fmt):
     data = encode(Image.fromarray(noise(64, 64)), fmt)
