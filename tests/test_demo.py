@@ -1,0 +1,233 @@
+"""The demo's cache and panels: one network run per image, every view drawn from the cache.
+
+A tiny random model (calibrated by the shared fixture, so that every backbone level matters and
+label maps hold several classes) keeps these fast.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from refinenet import demo
+from refinenet.inference import Segmenter
+from refinenet.visualize import fit_within
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+CLASSES = ["sky", "building", "road", "car", "tree"]
+PALETTE = [[70, 130, 180], [128, 0, 0], [128, 64, 128], [0, 0, 142], [107, 142, 35]]
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a model and counts forward passes (the network runs we want to avoid)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+        self.config = model.config
+        self.backbone = model.backbone
+        self.block_names = model.block_names
+        self.block_levels = model.block_levels
+        self.calls = 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner(*args, **kwargs)
+
+
+@pytest.fixture
+def counted(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    model.config = dataclasses.replace(model.config, class_names=CLASSES, palette=PALETTE, input_size=160)
+    wrapper = CountingModel(model)
+    return wrapper, Segmenter(wrapper, device="cpu", max_side=160)
+
+
+@pytest.fixture
+def photo():
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:150, 0:200]
+    base = np.stack([x * 255 // 200, y * 255 // 150, (x + y) % 256], axis=-1)
+    return Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8))
+
+
+@pytest.fixture
+def cached(counted, photo, tmp_path):
+    model, segmenter = counted
+    return demo.segment(segmenter, photo, model_id="tiny", out_dir=tmp_path)
+
+
+def test_segment_caches_every_block_and_crp_stage_in_half_precision(cached, photo):
+    assert [b.name for b in cached.blocks] == ["RefineNet-4", "RefineNet-3", "RefineNet-2", "RefineNet-1"]
+    assert [b.stride for b in cached.blocks] == [32, 16, 8, 4]
+    assert [b.levels for b in cached.blocks] == [(32,), (16,), (8,), (4,)]
+    assert cached.input_size == (120, 160)  # 150 x 200 capped to a long side of 160
+    assert cached.original_size == (150, 200)
+    block1 = cached.block("RefineNet-1")
+    assert block1.output.shape == (16, 30, 40) and block1.output.dtype == np.float16
+    assert len(block1.crp_branches) == 4 and len(block1.crp_sums) == 4
+    # The running sum after the last stage is the input plus every branch (CRP's definition).
+    expected = block1.crp_input.astype(np.float32) + sum(b.astype(np.float32) for b in block1.crp_branches)
+    assert np.allclose(block1.crp_sums[-1].astype(np.float32), expected, atol=0.05)
+    assert cached.display_image.shape == (150, 200, 3)
+    assert cached.logits.shape == (5, 30, 40)
+    assert cached.shares.sum() == pytest.approx(1.0)
+
+
+def test_label_png_is_the_full_size_label_map(cached, counted, photo):
+    _, segmenter = counted
+    png = Image.open(cached.label_png)
+    assert png.format == "PNG" and png.mode == "P" and png.size == photo.size
+    reference = segmenter.predict(photo).label_map
+    assert np.array_equal(np.asarray(png), reference)
+    assert len(np.unique(reference)) > 1  # the calibrated model predicts several classes
+
+
+def test_views_never_rerun_the_network(counted, cached):
+    model, segmenter = counted
+    assert model.calls == 1
+    for reduction in ("pca", "l2", "mean", "topk"):
+        for scaling in ("per-map", "shared"):
+            demo.render_stages(cached, reduction, scaling, "magma", k=3)
+            for block in cached.blocks:
+                demo.render_crp(cached, block.name, reduction, scaling)
+    demo.render_overlay(cached, 0.3)
+    demo.render_annotations(cached)
+    demo.render_legend(cached)
+    demo.render_confidence(cached)
+    demo.render_architecture(cached)
+    demo.crp_context_markdown(cached, "RefineNet-2")
+    assert model.calls == 1
+    demo.ablate(segmenter, cached, 32)
+    assert model.calls == 2
+    demo.ablate(segmenter, cached, 32)  # cached per path
+    assert model.calls == 2
+    demo.ablate(segmenter, cached, 8)
+    assert model.calls == 3
+
+
+def test_stage_pictures_keep_the_grid_visible(cached):
+    items = demo.render_stages(cached, "l2", "per-map", "viridis")
+    assert [caption for _, caption in items] == [
+        "RefineNet-4 · stride 32 · 32×4×5", "RefineNet-3 · stride 16 · 16×8×10",
+        "RefineNet-2 · stride 8 · 16×15×20", "RefineNet-1 · stride 4 · 16×30×40",
+    ]
+    deep = items[0][0]
+    assert deep.shape == (128, 160, 3)  # 4 x 5 cells of 32 px each
+    cell = deep[:32, :32].reshape(-1, 3)
+    assert (cell == cell[0]).all()  # one cell = one flat 32 x 32 square (nearest, not smoothed)
+    topk = demo.render_stages(cached, "topk", "shared", "viridis", k=2)
+    assert len(topk) == 8 and "#2 by energy" in topk[1][1]
+
+
+def test_crp_panel_order_and_pooling_windows(cached):
+    items = demo.render_crp(cached, "RefineNet-3", "pca", "shared")
+    captions = [c for _, c in items]
+    assert captions == ["input 16×8×10", "branch 1 · 5×5 cells", "branch 2 · 9×9 cells", "branch 3 · 13×13 cells",
+                        "branch 4 · 17×17 cells", "windows 80…272 px", "sum after stage 1", "sum after stage 2",
+                        "sum after stage 3", "sum after stage 4"]
+    context = items[5][0]
+    assert context.shape == (120, 160, 3)
+    # Stage 1's window is 5 cells x 16 px = 80 px wide, centred: its left edge is at x = 80 - 40.
+    assert tuple(context[60, 40]) == demo._CONTEXT_COLOURS[0]
+    markdown = demo.crp_context_markdown(cached, "RefineNet-3")
+    assert "5×5 cells = 80×80 px" in markdown and "17×17 cells = 272×272 px" in markdown
+    with pytest.raises(KeyError):
+        demo.render_crp(cached, "RefineNet-9")
+
+
+def test_overlay_opacity_ends(cached):
+    assert np.array_equal(demo.render_overlay(cached, 0.0), cached.display_image)
+    full = demo.render_overlay(cached, 1.0)
+    assert np.array_equal(full, cached.palette[cached.display_labels])
+
+
+def test_legend_lists_every_class_with_its_colour_and_share(cached):
+    html = demo.render_legend(cached)
+    for name, (r, g, b) in zip(CLASSES, PALETTE, strict=True):
+        assert name in html and f"#{r:02x}{g:02x}{b:02x}" in html
+    best = int(np.argmax(cached.shares))
+    assert html.index(CLASSES[best]) == min(html.index(n) for n in CLASSES)  # largest share first
+    image, annotations = demo.render_annotations(cached)
+    present = {CLASSES[i] for i in np.flatnonzero(cached.shares)}
+    assert {label for _, label in annotations} == present
+    assert sum(mask.sum() for mask, _ in annotations) == image.shape[0] * image.shape[1]
+
+
+def test_ablation_compares_like_with_like(counted, cached):
+    _, segmenter = counted
+    full = segmenter.predict(cached.work_image).label_map
+    assert np.array_equal(demo.labels_from_logits(cached.logits, cached.input_size), full)
+    view = demo.ablate(segmenter, cached, 32)
+    direct = segmenter.predict(cached.work_image, ablate_stride=32).label_map
+    assert np.array_equal(cached.ablations[32], direct)
+    assert view.changed_fraction == pytest.approx(float((full != direct).mean()))
+    assert 0 < view.changed_fraction < 1  # cutting the 1/32 path changes some pixels, not all
+    assert "1/32" in view.summary
+    assert view.changes.shape == view.overlay.shape == (120, 160, 3)
+    with pytest.raises(ValueError, match="stride 4, 8, 16 or 32"):
+        demo.ablate(segmenter, cached, 2)
+
+
+def test_timing_and_architecture_describe_this_run(cached):
+    text = demo.timing_markdown(cached, 0.012)
+    assert "Image 200×150 px, network input 160×120 px" in text and "rendering the views 12 ms" in text
+    html = demo.render_architecture(cached, ablated_stride=8)
+    assert "out 16×30×40" in html and "5×30×40" in html and "path switched off" in html
+
+
+def test_display_size_is_capped_for_large_images(counted, tmp_path):
+    _, segmenter = counted
+    big = Image.new("RGB", (2400, 1200), (90, 120, 200))
+    result = demo.segment(segmenter, big, model_id="tiny", out_dir=tmp_path, display_max_side=300)
+    assert result.display_image.shape[:2] == fit_within((1200, 2400), 300) == (150, 300)
+    assert Image.open(result.label_png).size == (2400, 1200)
+
+
+# ----------------------------------------------------------------------------- model cache
+
+
+class SlowLoader:
+    def __init__(self, model):
+        self.model = model
+        self.calls = []
+        self.lock = threading.Lock()
+
+    def __call__(self, name):
+        with self.lock:
+            self.calls.append(name)
+        time.sleep(0.05)  # long enough for concurrent callers to overlap
+        return self.model
+
+
+def test_segmenter_cache_loads_each_model_once_even_concurrently(tiny_model):
+    loader = SlowLoader(copy.deepcopy(tiny_model))
+    cache = demo.SegmenterCache(loader, device="cpu")
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get("a"))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert loader.calls == ["a"]
+    assert len({id(s) for s in got}) == 1
+    assert got[0].max_side == tiny_model.config.input_size
+
+
+def test_segmenter_cache_evicts_the_least_recently_used(tiny_model):
+    loader = SlowLoader(copy.deepcopy(tiny_model))
+    cache = demo.SegmenterCache(loader, device="cpu", capacity=2)
+    for name in ("a", "b", "a", "c", "b"):
+        cache.get(name)
+    assert loader.calls == ["a", "b", "c", "b"]  # "b" was dropped when "c" came in
+    assert cache.loaded() == ["c", "b"]
+    with pytest.raises(ValueError, match="no model given"):
+        cache.get("  ")
