@@ -244,7 +244,8 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
     autocast_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else (
         torch.float16 if use_amp else None)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
-    steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * world))
+    # drop_last: every process sees ceil(len/world) samples, in full batches only.
+    steps_per_epoch = max(1, math.ceil(len(train_set) / world) // cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     done_this_call = 0
 
@@ -262,7 +263,6 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
         net.train()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0,
                    dynamic_ncols=True)
-        interrupted = False
         for x, y in bar:
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], step, total_steps, cfg.poly_power, cfg.warmup_steps)
@@ -276,9 +276,8 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
             done_this_call += 1
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{optimizer.param_groups[1]['lr']:.2e}")
             if max_steps is not None and done_this_call >= max_steps:
-                interrupted = True
                 break
-        if interrupted:
+        if len(losses) < len(loader):
             break  # an epoch is the unit of resumption: no checkpoint for a partial one
         epoch += 1
         record = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else None,
@@ -294,6 +293,8 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
             with open(run_dir / "log.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
             save_checkpoint(capture_state(model, optimizer, epoch, step, history), checkpoint)
+        if max_steps is not None and done_this_call >= max_steps:
+            break
 
     if rank == 0 and epoch >= cfg.epochs:
         export_model_folder(model, run_dir / "model")

@@ -1,0 +1,79 @@
+"""The dataset readers and augmentation on tiny generated folders."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from _datagen import make_folder
+from torch.utils.data import ConcatDataset
+
+from refinenet.data import EvalTransform, SegmentationFolder, TrainTransform, build_dataset
+
+
+def test_folder_pairs_images_and_labels_by_stem(tmp_path):
+    make_folder(tmp_path / "img", tmp_path / "lab", ["b", "a", "c"], suffix=".jpg")
+    ds = SegmentationFolder(tmp_path / "img", tmp_path / "lab")
+    assert [p.stem for p, _ in ds.samples] == ["a", "b", "c"]
+    x, y = ds[1]
+    assert x.shape == (3, 30, 40) and x.dtype == torch.float32
+    assert y.shape == (30, 40) and y.dtype == torch.int64
+    assert y[0, 0] == 255 and set(y.unique().tolist()) <= {0, 1, 2, 255}
+
+
+def test_split_list_selects_and_missing_label_is_reported(tmp_path):
+    make_folder(tmp_path / "img", tmp_path / "lab", ["a", "b", "c"])
+    (tmp_path / "val.txt").write_text("c\na\n")
+    ds = SegmentationFolder(tmp_path / "img", tmp_path / "lab", tmp_path / "val.txt")
+    assert [p.stem for p, _ in ds.samples] == ["c", "a"]
+    (tmp_path / "lab" / "b.png").unlink()
+    with pytest.raises(FileNotFoundError, match="lack an image or a label"):
+        SegmentationFolder(tmp_path / "img", tmp_path / "lab")
+
+
+def test_train_transform_crops_pads_with_ignore_and_keeps_labels_aligned(tmp_path):
+    make_folder(tmp_path / "img", tmp_path / "lab", ["a"], size=(40, 30))
+    from PIL import Image
+
+    image = Image.open(tmp_path / "img" / "a.png").convert("RGB")
+    label = Image.open(tmp_path / "lab" / "a.png")
+    t = TrainTransform(crop_size=64, scale_range=(1.0, 1.0), flip=False, photometric=0.0, mean=(0, 0, 0),
+                       std=(1, 1, 1), ignore_index=255)
+    x, y = t(image, label, random.Random(0))
+    assert x.shape == (3, 64, 64) and y.shape == (64, 64)
+    # The 40x30 image fits in the crop: everything outside it is padding with the ignore label.
+    assert (y[30:, :] == 255).all() and (y[:, 40:] == 255).all()
+    assert (x[:, 30:, :] == 0).all()
+    assert torch.equal(y[:30, :40], torch.from_numpy(np.asarray(label, dtype=np.int64)))
+
+
+def test_flip_moves_image_and_label_together(tmp_path):
+    make_folder(tmp_path / "img", tmp_path / "lab", ["a"], size=(32, 32))
+    from PIL import Image
+
+    image = Image.open(tmp_path / "img" / "a.png").convert("RGB")
+    label = Image.open(tmp_path / "lab" / "a.png")
+    t = TrainTransform(crop_size=32, scale_range=(1.0, 1.0), flip=True, photometric=0.0, mean=(0, 0, 0),
+                       std=(1, 1, 1))
+    flipped = [t(image, label, random.Random(s)) for s in range(20)]
+    plain = EvalTransform(mean=(0, 0, 0), std=(1, 1, 1))(image, label, random.Random(0))
+    mirrored = [(x, y) for x, y in flipped if not torch.equal(y, plain[1])]
+    assert mirrored, "20 draws should include a flip"
+    for x, y in mirrored:
+        assert torch.equal(y, plain[1].flip(-1)) and torch.allclose(x, plain[0].flip(-1))
+
+
+def test_camvid_layout_and_joined_splits(tmp_path):
+    make_folder(tmp_path / "train", tmp_path / "trainannot", ["t1", "t2"], ignore=11)
+    make_folder(tmp_path / "val", tmp_path / "valannot", ["v1"], ignore=11)
+    ds = build_dataset("camvid", tmp_path, "train+val", EvalTransform())
+    assert isinstance(ds, ConcatDataset) and len(ds) == 3
+    assert ds[2][1][0, 0] == 11
+
+
+def test_voc_style_folders(tmp_path):
+    make_folder(tmp_path / "train" / "images", tmp_path / "train" / "labels", ["1", "2"], suffix=".jpg")
+    ds = build_dataset("folders", tmp_path, "train", EvalTransform())
+    assert len(ds) == 2
+    with pytest.raises(FileNotFoundError):
+        build_dataset("folders", tmp_path, "val", EvalTransform())
