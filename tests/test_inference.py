@@ -85,6 +85,9 @@ def test_truncated_files(fmt):
     data = encode(Image.fromarray(noise(64, 64)), fmt)
     with pytest.raises(ImageLoadError, match="truncated or corrupt"):
         load_image(data[: len(data) // 2])
+    # The same file opened lazily by the caller (Image.open decodes nothing yet).
+    with pytest.raises(ImageLoadError, match="truncated or corrupt"):
+        load_image(Image.open(io.BytesIO(data[: len(data) // 2])))
 
 
 def test_decompression_bomb_is_refused_from_the_header_without_warnings():
@@ -290,6 +293,8 @@ def test_big_images_are_capped_then_label_maps_come_back_at_full_size(tiny_model
     # Nearest-neighbour upsampling of a 225-row map repeats rows: at most 225 distinct ones.
     assert len(np.unique(result.label_map, axis=0)) <= 225
     assert len(np.unique(result.label_map)) >= 2
+    augmented = segmenter.predict(noise(901, 1203), scales=(0.5, 1.0), flip=True)
+    assert augmented.input_size == (225, 300) and augmented.label_map.shape == (901, 1203)
 
 
 def test_max_side_defaults_and_zero_disables_the_cap(tiny_model):
