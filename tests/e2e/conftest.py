@@ -1,0 +1,151 @@
+"""The demo app as a real server: ``python app.py`` in a subprocess on a free loopback port.
+
+The app is started on a tiny random-weight model folder written here (CamVid's 11 class names
+and colours, widths 32/16/16/16, batch-norm statistics calibrated like the shared tiny model so
+that its label maps show several classes), never on the trained weights: the tests stay fast
+and independent of the model zoo. ``HF_HUB_OFFLINE=1`` keeps the server off the network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+import refinenet
+from refinenet.hub import save_pretrained
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
+                  "Pedestrian", "Bicyclist"]
+CAMVID_PALETTE = [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
+                  [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]]
+INPUT_SIZE = 256  # the model's long-side cap: small images, fast network runs
+STARTUP_TIMEOUT_S = 180
+
+
+def _shared_fixtures():
+    """tests/conftest.py's helpers, loaded by path (two files named conftest cannot both be
+    imported as ``conftest``)."""
+    spec = importlib.util.spec_from_file_location("refinenet_tests_shared", REPO / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_app_model_folder(folder: Path) -> Path:
+    torch.manual_seed(0)
+    model = refinenet.refinenet_mobilenetv2(num_classes=11, widths=[32, 16, 16, 16], class_names=CAMVID_CLASSES,
+                                            palette=CAMVID_PALETTE, input_size=INPUT_SIZE)
+    model = _shared_fixtures().calibrate_batch_norm(model)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.classifier.weight, std=0.5)
+        model.classifier.bias.zero_()
+    return save_pretrained(model, folder)
+
+
+@pytest.fixture(scope="session")
+def app_model_folder(tmp_path_factory) -> Path:
+    return make_app_model_folder(tmp_path_factory.mktemp("app-model") / "tiny-camvid")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class AppServer:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+
+def _wait_until_serving(server: AppServer) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise RuntimeError(f"the app exited with code {server.process.returncode}:\n{server.log_tail()}")
+        try:
+            with urllib.request.urlopen(server.url + "/config", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the app did not answer within {STARTUP_TIMEOUT_S} s:\n{server.log_tail()}")
+
+
+def start_app(model_folder: Path, log: Path, extra_env: dict[str, str] | None = None) -> AppServer:
+    port = free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    env.update(extra_env or {})
+    handle = log.open("w")
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "app.py"), "--model", str(model_folder), "--host", "127.0.0.1",
+         "--port", str(port), "--device", "cpu"],
+        cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
+    )
+    handle.close()
+    server = AppServer(f"http://127.0.0.1:{port}", process, log)
+    try:
+        _wait_until_serving(server)
+    except Exception:
+        stop_app(server)
+        raise
+    return server
+
+
+def stop_app(server: AppServer) -> None:
+    if server.alive():
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def app_server(app_model_folder, tmp_path_factory) -> AppServer:
+    """One app server for the whole e2e session (starting one takes a few seconds)."""
+    server = start_app(app_model_folder, tmp_path_factory.mktemp("app-log") / "app.log")
+    yield server
+    stop_app(server)
+
+
+@pytest.fixture
+def client(app_server):
+    """A fresh gradio_client session (its own gr.State) on the shared server."""
+    from gradio_client import Client
+
+    assert app_server.alive(), app_server.log_tail()
+    return Client(app_server.url, verbose=False, download_files=str(app_server.log.parent / "downloads"))
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
