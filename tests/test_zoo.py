@@ -1,0 +1,91 @@
+"""The model zoo registry: its invariants, the bundled-weights directory, and hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+from conftest import make_tiny_model
+
+from refinenet import zoo
+from refinenet.backbones import BACKBONES
+from refinenet.config import ARCHITECTURES, RefineNetConfig
+from refinenet.hub import save_pretrained
+
+
+def test_every_entry_is_consistent():
+    assert zoo.MODELS, "the zoo lists the project's models"
+    for model_id, entry in zoo.MODELS.items():
+        assert entry.model_id == model_id
+        assert entry.architecture in ARCHITECTURES and entry.backbone in BACKBONES
+        assert entry.classes and entry.dataset and entry.title
+        assert entry.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
+        if entry.repo_id is not None:  # published: pinned to a commit and verifiable
+            assert re.fullmatch(r"[\w.-]+/[\w.-]+", entry.repo_id)
+            assert entry.revision is not None and re.fullmatch(r"[0-9a-f]{40}", entry.revision)
+            assert entry.sha256 is not None
+        else:
+            assert entry.revision is None, "a revision without a repo id points nowhere"
+        assert entry.repo_id is not None or entry.bundled, f"{model_id} can be loaded from nowhere"
+
+
+def test_bundled_copies_that_are_installed_match_their_entries():
+    """For every bundled folder present: the sha256 and the metadata agree with the registry."""
+    for entry in zoo.list_models():
+        folder = zoo.bundled_folder(entry.model_id)
+        if not entry.bundled or not (folder / zoo.WEIGHTS_NAME).is_file():
+            continue
+        assert entry.sha256 == zoo.hash_folder(folder), f"update the sha256 of {entry.model_id}"
+        config = RefineNetConfig.load(folder / zoo.CONFIG_NAME)
+        assert (config.architecture, config.backbone) == (entry.architecture, entry.backbone)
+        assert tuple(config.class_names) == entry.classes
+        assert (folder / zoo.CARD_NAME).is_file()
+
+
+def test_weights_dir_override_order(tmp_path, monkeypatch):
+    monkeypatch.delenv(zoo.WEIGHTS_DIR_ENV, raising=False)
+    default = zoo.weights_dir()
+    assert default.parts[-2:] == ("refinenet", "weights")
+    monkeypatch.setenv(zoo.WEIGHTS_DIR_ENV, str(tmp_path / "env"))
+    assert zoo.weights_dir() == tmp_path / "env"
+    assert zoo.weights_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert zoo.bundled_folder("m", tmp_path) == tmp_path / "m"
+
+
+def test_hash_folder_and_command_line(tmp_path, capsys):
+    folder = save_pretrained(make_tiny_model(), tmp_path / "m")
+    expected = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert zoo.hash_folder(folder) == expected
+    assert zoo.main(["--hash", str(folder)]) == 0
+    assert capsys.readouterr().out.strip() == expected
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        zoo.hash_folder(tmp_path)
+
+
+def test_check_flags_a_bundled_copy_with_the_wrong_hash(tmp_path, monkeypatch, capsys):
+    folder = save_pretrained(make_tiny_model(), tmp_path / "checked")
+    monkeypatch.setenv(zoo.WEIGHTS_DIR_ENV, str(tmp_path))
+    entry = zoo.ZooEntry("checked", "t", "refinenet", "mobilenetv2", "d", ("a",), sha256="f" * 64, bundled=True)
+    monkeypatch.setitem(zoo.MODELS, "checked", entry)
+    assert zoo.main(["--check"]) == 1
+    assert "BAD checked" in capsys.readouterr().out
+    fixed = zoo.ZooEntry("checked", "t", "refinenet", "mobilenetv2", "d", ("a",), sha256=zoo.hash_folder(folder),
+                         bundled=True)
+    monkeypatch.setitem(zoo.MODELS, "checked", fixed)
+    assert zoo.main(["--check"]) == 0
+
+
+def test_listing_says_what_is_published_and_installed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(zoo.WEIGHTS_DIR_ENV, str(tmp_path))  # an empty weights directory
+    assert zoo.main([]) == 0
+    out = capsys.readouterr().out
+    for entry in zoo.list_models():
+        line = next(line for line in out.splitlines() if line.startswith(entry.model_id + ":"))
+        assert ("not on the Hub yet" in line) == (entry.repo_id is None)
+        assert ("(folder missing)" in line) == entry.bundled
+
+
+def test_unknown_id_names_the_known_ones():
+    with pytest.raises(KeyError, match="camvid-lw-refinenet-mobilenetv2"):
+        zoo.get_entry("imagenet-vit")
