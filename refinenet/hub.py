@@ -16,6 +16,7 @@ is removed from the cache so that it cannot be picked up again.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -37,11 +38,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from . import zoo
 from .config import RefineNetConfig
 from .modelcard import render_model_card
 from .models import RefineNet, build_model, count_parameters
-from .zoo import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, sha256_file
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -78,6 +81,15 @@ class ModelNotFoundError(WeightsError, LookupError):
 
 class BundledFallbackWarning(UserWarning):
     """The Hub copy of a zoo model was wanted but unavailable; the bundled copy is used."""
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- strict loading
@@ -316,6 +328,8 @@ def resolve_pretrained(
     See the module docstring for the order. Raises :class:`IntegrityError` when a downloaded or
     bundled file fails its sha256 check and :class:`ModelNotFoundError` when nothing works.
     """
+    from . import zoo  # imported here so that `python -m refinenet.zoo` finds it not yet imported
+
     name = str(name)
     if Path(name).is_dir():
         return ResolvedModel(Path(name), "local folder")
@@ -479,5 +493,6 @@ __all__ = [
     "push_to_hub",
     "resolve_pretrained",
     "save_pretrained",
+    "sha256_file",
     "validate_repo_id",
 ]

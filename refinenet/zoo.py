@@ -15,16 +15,13 @@ Face cache, a Hub download, the bundled copy, then an error that lists everythin
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-CARD_NAME = "README.md"
+from .hub import WEIGHTS_NAME, sha256_file
 
 # Environment variable that moves the bundled-weights directory (tests, system packages).
 WEIGHTS_DIR_ENV = "REFINENET_WEIGHTS_DIR"
@@ -113,15 +110,6 @@ def weights_dir(override: str | Path | None = None) -> Path:
 
 def bundled_folder(model_id: str, override: str | Path | None = None) -> Path:
     return weights_dir(override) / model_id
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def hash_folder(folder: str | Path) -> str:

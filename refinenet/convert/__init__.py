@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from ..config import RefineNetConfig
+from ..hub import sha256_file
 from ..models import build_model
-from ..zoo import sha256_file
 from .containers import normalise_state_dict, read_pickle_checkpoint
 from .errors import ConversionError
 from .formats import SourceFormat
