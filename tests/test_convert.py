@@ -14,6 +14,7 @@ import pickle
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -272,6 +273,7 @@ class NotATensor:
         return (print, ("this code must never run",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_code_and_garbage_are_refused(tmp_path, capsys):
     evil = tmp_path / "evil.pth"
     with open(evil, "wb") as handle:
@@ -333,3 +335,62 @@ def test_cli_convert_reports_refusal(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error: cannot convert" in err and "pre_depth.weight" in err
     assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------- MATLAB (stretch: refinement part)
+
+
+def matlab_params(variant: str, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for line in (LAYOUTS / f"matlab-refinenet101-refine-part-{variant}-crp.txt").read_text().splitlines():
+        key, shape = line.split("\t")
+        out[key] = rng.standard_normal([int(n) for n in shape.split("x")]).astype("float32")
+    return out
+
+
+@pytest.mark.parametrize(("variant", "order"), [("original", "pool-conv"), ("improved", "conv-pool")])
+def test_matlab_refinement_part_maps_totally_with_transposed_filters(variant, order):
+    from refinenet.convert.matlab import convert_refine_part, crp_order
+
+    params = matlab_params(variant)
+    assert crp_order(params) == order
+    converted = convert_refine_part(params)
+    assert len(converted) == len(params) == 86
+    pairs = {  # spot checks written from the spec: HxWxCinxCout -> Cout x Cin x H x W, g1 = RefineNet-4
+        "p_ims1d2_outl2_dimred_filter": "refine3.adapt.0.project.0.weight",
+        "mflow_conv_g1_b3_joint_varout_dimred_filter": "refine3.fusion.convs.1.weight",
+        "mflow_conv_g4_b3_conv_relu_varout_dimred_filter": "refine1.output_rcus.2.conv2.weight",
+    }
+    pairs["adapt_stage1_b2_conv_filter" if variant == "original" else "adapt_input_path1_b2_conv_filter"] = (
+        "refine4.adapt.0.rcus.1.conv1.weight")
+    pairs["mflow_conv_g2_pool3_outvar_dimred_filter" if variant == "original"
+          else "mflow_conv_g2_pool2_outvar_pb3_filter"] = "refine3.crp.stages.2.weight"
+    for source, target in pairs.items():
+        value = params[source]
+        out = converted[target]
+        assert out.shape == (value.shape[3], value.shape[2], value.shape[0], value.shape[1])
+        assert float(out[5, 7, 0, 2]) == float(value[0, 2, 7, 5])
+    bias = params["mflow_conv_g3_b1_conv_bias"]
+    assert torch.equal(converted["refine2.output_rcus.0.conv1.bias"], torch.from_numpy(bias.reshape(-1)))
+
+
+def test_matlab_file_is_checked_then_refused_with_the_reason(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io", reason="reading .mat files needs scipy")
+    params = matlab_params("original")
+    params["conv1_filter"] = np.zeros((7, 7, 3, 64), dtype="float32")  # a backbone tensor
+    table = np.zeros((1, len(params)), dtype=[("name", "O"), ("value", "O")])
+    for i, item in enumerate(params.items()):
+        table[0, i] = item
+    path = tmp_path / "refinenet_res101_voc2012.mat"
+    scipy_io.savemat(str(path), {"net": {"params": table}})
+    with pytest.raises(ConversionError, match=r"refinement part \(86 tensors\) maps completely.*Caffe ResNet"):
+        convert_checkpoint(path, tmp_path / "out")
+    del params["mflow_conv_g1_pool2_outvar_dimred_filter"]
+    table = np.zeros((1, len(params)), dtype=[("name", "O"), ("value", "O")])
+    for i, item in enumerate(params.items()):
+        table[0, i] = item
+    scipy_io.savemat(str(path), {"net": {"params": table}})
+    with pytest.raises(ConversionError, match=r"refine4\.crp\.stages\.1\.weight"):
+        convert_checkpoint(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -11,7 +11,8 @@ This package is the only place that knows the legacy (MATLAB-era) key names. A c
 
 Formats: ``refinenet-resnet`` (the authors' PyTorch RefineNet, ResNet-50/101/152, also the ACRV
 ``refinenet`` package), ``lw-refinenet-resnet`` and ``lw-refinenet-mobilenetv2`` (Light-Weight
-RefineNet).
+RefineNet). For the original MATLAB models (``.mat``), the refinement part maps and is checked
+(``matlab.py``), but a whole-model conversion is refused with the reason.
 """
 
 from __future__ import annotations
@@ -130,6 +131,10 @@ def convert_checkpoint(
     source = Path(source)
     if not source.is_file():
         raise ConversionError(f"{source} is not a file")
+    if source.suffix.lower() == ".mat":
+        from .matlab import convert_matlab_file
+
+        convert_matlab_file(source)  # checks the refinement part, then refuses (see matlab.py)
     conversion = convert_state_dict(read_pickle_checkpoint(source), fmt, class_names=class_names, dataset=dataset)
     provenance = {
         "source_file": source.name,
