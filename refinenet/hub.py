@@ -333,6 +333,10 @@ def resolve_pretrained(
     name = str(name)
     if Path(name).is_dir():
         return ResolvedModel(Path(name), "local folder")
+    if Path(name).is_file():
+        raise WeightsError(f"{name} is a file; from_pretrained takes a model folder (config.json + "
+                           "model.safetensors), a zoo id or a Hub repo id. Convert legacy checkpoints with "
+                           "`refinenet convert`")
     entry = zoo.MODELS.get(name)
     if entry is None and not _REPO_ID.match(name):
         raise ModelNotFoundError(name, [
@@ -349,7 +353,7 @@ def resolve_pretrained(
     expected = entry.sha256 if entry is not None else None
     rev = revision or (entry.revision if entry is not None else None) or constants.DEFAULT_REVISION
     cache = str(cache_dir) if cache_dir is not None else None
-    attempts: list[str] = []
+    attempts: list[str] = [] if entry is not None else [f"local folder: {name} does not exist"]
     if repo_id is None:
         attempts.append("Hub: skipped, the model is not published yet (no repo id in the zoo)")
     else:

@@ -146,11 +146,15 @@ def test_save_refuses_tensors_that_do_not_fit_and_existing_files(tmp_path):
         save_pretrained(model, tmp_path / "ok", overwrite=False)
 
 
-def test_unknown_names_list_what_was_tried():
+def test_unknown_names_list_what_was_tried(tmp_path):
     with pytest.raises(ModelNotFoundError) as info:
         from_pretrained("no-such-model")
     text = str(info.value)
     assert "local folder" in text and "known: camvid-" in text and "ORG/NAME" in text
+    legacy = tmp_path / "model.pth"
+    legacy.write_bytes(b"x")
+    with pytest.raises(WeightsError, match="is a file.*refinenet convert"):
+        from_pretrained(legacy)
 
 
 # --------------------------------------------------------------------------- the zoo's bundled copies
@@ -272,6 +276,7 @@ def test_unknown_repo_gives_a_clear_error(tmp_path, local_hub):
     with pytest.raises(ModelNotFoundError) as info:
         from_pretrained("lab/does-not-exist", endpoint=local_hub.url, cache_dir=tmp_path / "cache")
     assert f"{local_hub.url} has no repository lab/does-not-exist" in str(info.value)
+    assert "local folder: lab/does-not-exist does not exist" in str(info.value)
     local_hub.add_repo("lab/weights-only", {"model.safetensors": b"x" * 10})
     with pytest.raises(ModelNotFoundError, match="lacks model.safetensors or config.json"):
         from_pretrained("lab/weights-only", endpoint=local_hub.url, cache_dir=tmp_path / "cache")
