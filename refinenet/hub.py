@@ -144,6 +144,7 @@ def save_pretrained(
     provenance: Mapping[str, object] | None = None,
     license_name: str | None = None,
     license_text: str | None = None,
+    card_sections: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and ``README.md`` into ``folder``.
 
@@ -169,7 +170,7 @@ def save_pretrained(
         raise FileExistsError(f"{folder} already holds {', '.join(existing)}; pass overwrite=True to replace them")
     card = render_model_card(
         config, title=title, repo_id=repo_id, parameters=count_parameters(skeleton), metrics=metrics,
-        provenance=provenance, license_name=license_name, license_text=license_text,
+        provenance=provenance, license_name=license_name, license_text=license_text, sections=card_sections,
     )
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     # Write next to the target, then rename: an interrupted save never leaves a half-written file.

@@ -60,9 +60,12 @@ def render_model_card(
     provenance: Mapping[str, Any] | None = None,
     license_name: str | None = None,
     license_text: str | None = None,
+    sections: Mapping[str, str] | None = None,
 ) -> str:
     """The full README.md text. ``provenance`` (converted models) records the source file,
-    its sha256 and layout; ``metrics`` maps metric names to values in percent."""
+    its sha256 and layout; ``metrics`` maps metric names to values in percent; ``sections``
+    (heading -> markdown) adds what a trained model's card needs: per-class results, the exact
+    training and evaluation commands, data citations."""
     name = title or f"{'Light-Weight ' if config.architecture == 'lw-refinenet' else ''}RefineNet, {config.backbone}"
     lines = [_front_matter(config, metrics, license_name), f"# {name}", ""]
     if config.description:
@@ -86,6 +89,8 @@ def render_model_card(
         lines.append("- every tensor of the source was mapped, every tensor of the model was produced, "
                      "and the model loads strictly")
         lines.append("")
+    for heading, body in (sections or {}).items():
+        lines += [f"## {heading}", "", body.strip(), ""]
     lines += ["## Licence", "", f"`{config.license or 'other'}`" + (f" ({license_name})" if license_name else "")]
     if license_text:
         lines += ["", license_text]
