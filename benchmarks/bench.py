@@ -847,6 +847,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default=None, help="file stem (default: the device, '-quick' for --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="the two mobile models, 3 repeats, no compile: a smoke run of a few minutes")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line for the results' notes, e.g. what else ran on the machine (repeatable)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per model before giving up")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
@@ -895,12 +897,13 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device(device_name)
         torch.set_num_threads(args.threads)
         print(f"benchmark on {device_name}: {', '.join(models)}", flush=True)
-        dtype_peaks = {"fp32": matmul_peak(device, torch.float32)}
+        n = 8192 if device.type == "cuda" else 2048  # long enough that timing overhead does not count
+        dtype_peaks = {"fp32": matmul_peak(device, torch.float32, n)}
         if device.type == "cuda" or native_bf16_cpu():
-            dtype_peaks["bf16"] = matmul_peak(device, torch.bfloat16)
+            dtype_peaks["bf16"] = matmul_peak(device, torch.bfloat16, n)
         else:
             dtype_peaks["bf16"] = dtype_peaks["fp32"]
-        peak = {"n": 2048, "flops_per_s": dtype_peaks}
+        peak = {"n": n, "flops_per_s": dtype_peaks}
         notes = [
             "Paths are timed interleaved, one call of each per round; latency = median (and p90) of the rounds.",
             "FLOP/s = 2 x conv multiply-adds (refinenet.flops.count_macs) / median latency; '% of peak' is against "
@@ -915,10 +918,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.bf16_models and not native_bf16_cpu():
                 notes.append("This CPU has no native bf16 (avx512_bf16/amx_bf16): the bf16 path was skipped.")
         else:
+            notes.append("eager runs with PyTorch's defaults: cuDNN convolutions may use TF32 "
+                         f"(torch.backends.cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}).")
             name = torch.cuda.get_device_name(device)
             datasheet = next((v for k, v in GPU_DATASHEET_BF16.items() if k in name), None)
             if datasheet:
                 peak["datasheet_bf16"] = datasheet
+        notes += args.note
         result = {"device": device_name, "stamp": stamp(device, command), "peak": peak, "notes": notes,
                   "models": []}
         started = time.perf_counter()
