@@ -243,6 +243,7 @@ class DemoApp:
             demo.render_architecture(result),
         )
         timing = demo.timing_markdown(result, time.perf_counter() - tick)
+        demo.release_memory()
         return (result, *views, timing)
 
     def segment_on_change(self, image, *args):
@@ -333,7 +334,10 @@ def _option(value, allowed: dict[str, str], what: str) -> str:
 
 @network
 def network_run(app: DemoApp, image, model_name):
-    return app.run_network(image, model_name)
+    try:
+        return app.run_network(image, model_name)
+    finally:
+        demo.release_memory()
 
 
 @network
