@@ -106,6 +106,12 @@ pooling), with the tensor shapes (C×H×W) your image produced. A switched-off p
 """
 
 
+# Galleries keep a fixed minimum height by default, which leaves a blank band under one row of maps.
+CSS = """
+#stages .grid-wrap, #crp .grid-wrap { min-height: 0 !important; max-height: none !important; height: auto !important; }
+"""
+
+
 # ---------------------------------------------------------------------------------------------
 # Input component
 
@@ -398,7 +404,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             scaling = gr.Radio(scaling_choices, value="per-map", label="Scaling")
             colormap = gr.Dropdown(list(COLORMAPS), value="viridis", label="Colour map (perceptually uniform)")
             top_k = gr.Slider(1, 8, value=4, step=1, label="k for top-k channels")
-        stages = gr.Gallery(label="Block outputs, deep to shallow", columns=4, height="auto", format="png",
+        stages = gr.Gallery(label="Block outputs, deep to shallow", columns=4, format="png",
                             object_fit="contain", elem_id="stages")
 
         gr.Markdown("## Chained residual pooling")
@@ -411,7 +417,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                 crp_context = gr.Markdown()
             with gr.Column(scale=3):
                 crp = gr.Gallery(label="CRP: input and branches (top), windows and running sums (bottom)",
-                                 columns=5, height="auto", format="png", object_fit="contain", elem_id="crp")
+                                 columns=5, format="png", object_fit="contain", elem_id="crp")
 
         gr.Markdown("## Path ablation")
         with gr.Row():
@@ -483,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
     blocks.queue(default_concurrency_limit=4, max_size=args.queue_size)
     mcp = importlib.util.find_spec("mcp") is not None  # gradio[mcp] installed: also serve the tools
     blocks.launch(server_name=args.host, server_port=args.port, show_error=False, mcp_server=mcp or None,
-                  allowed_paths=[str(ASSETS)], footer_links=["api", "gradio", "settings"])
+                  allowed_paths=[str(ASSETS)], footer_links=["api", "gradio", "settings"], css=CSS)
 
 
 if __name__ == "__main__":
