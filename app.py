@@ -183,7 +183,7 @@ class DemoApp:
                 names.append(name)
         return names
 
-    def _segmenter(self, name: str | None):
+    def segmenter_for(self, name: str | None):
         name = (name or self.default_model).strip()
         try:
             return name, self.models.get(name)
@@ -197,7 +197,7 @@ class DemoApp:
             raise user_error("Type a Hub repo id (ORG/NAME) or the path of a model folder first.")
         progress(0, desc=f"Loading {name} …")
         tick = time.perf_counter()
-        segmenter = self._segmenter(name)[1]
+        segmenter = self.segmenter_for(name)[1]
         config = segmenter.config
         classes = ", ".join(segmenter.class_names[:12]) + (" …" if config.num_classes > 12 else "")
         status = (f"Model **{name}** ready ({config.architecture}, {config.backbone}, {config.num_classes} classes: "
@@ -221,7 +221,7 @@ class DemoApp:
         if image is None:
             raise user_error("No image yet: upload a photo, use the webcam or paste an image, then press Segment.",
                            title="No image")
-        name, segmenter = self._segmenter(model_name)
+        name, segmenter = self.segmenter_for(model_name)
         try:
             data = image if isinstance(image, bytes) else Path(image).read_bytes()
             self._prune_downloads()
@@ -236,7 +236,7 @@ class DemoApp:
 
     def segment(self, image, model_name, opacity, reduction, scaling, colormap, top_k, crp_block):
         """Segment an image and render every panel."""
-        result = network_run(self, image, model_name)
+        result = network_run(image, model_name)
         tick = time.perf_counter()
         blocks = [b.name for b in result.blocks]
         crp_block = crp_block if crp_block in blocks else default_crp_block(blocks)
@@ -315,7 +315,9 @@ class DemoApp:
             stride = -1
         if stride not in (4, 8, 16, 32):
             raise user_error(f"The path to switch off must be 1/4, 1/8, 1/16 or 1/32, not {path!r}.")
-        view = network_ablate(self, result, stride, opacity)
+        if stride not in result.ablations:
+            result.ablations[stride] = network_ablated_labels(result.model_id, result.work_image, stride)
+        view = demo.ablation_view(result, stride, opacity)
         return view.overlay, view.changes, view.summary, demo.render_architecture(result, ablated_stride=stride)
 
 
@@ -338,21 +340,29 @@ def _option(value, allowed: dict[str, str], what: str) -> str:
     raise user_error(f"Unknown {what} {value!r}; choose one of: {', '.join(allowed)}.")
 
 
+# The app whose events are being served. The functions that run the network reach it through
+# this module global rather than an argument, so that their arguments stay plain picklable data
+# (ZeroGPU runs them in a worker process).
+APP: DemoApp | None = None
+
+
 @network
-def network_run(app: DemoApp, image, model_name):
+def network_run(image, model_name: str | None) -> demo.DemoResult:
     try:
-        return app.run_network(image, model_name)
+        return APP.run_network(image, model_name)
     finally:
         demo.release_memory()
 
 
 @network
-def network_ablate(app: DemoApp, result: demo.DemoResult, stride: int, opacity: float):
-    name, segmenter = app._segmenter(result.model_id)
+def network_ablated_labels(model_name: str, work_image, stride: int):
+    segmenter = APP.segmenter_for(model_name)[1]
     try:
-        return demo.ablate(segmenter, result, stride, opacity)
+        return demo.ablated_labels(segmenter, work_image, stride)
     except (RuntimeError, ValueError) as error:
         raise user_error(f"The ablation failed: {error}") from error
+    finally:
+        demo.release_memory()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,6 +370,8 @@ def network_ablate(app: DemoApp, result: demo.DemoResult, stride: int, opacity: 
 
 
 def build_demo(app: DemoApp) -> gr.Blocks:
+    global APP
+    APP = app
     reduction_choices = [(label, key) for key, label in REDUCTIONS.items()]
     scaling_choices = [(label, key) for key, label in SCALINGS.items()]
     with gr.Blocks(title="RefineNet: multi-path refinement, live") as blocks:

@@ -434,29 +434,38 @@ class AblationView:
     summary: str
 
 
-def ablate(segmenter: Segmenter, result: DemoResult, stride: int, opacity: float = 0.5) -> AblationView:
-    """Switch off the backbone path at ``stride`` (4, 8, 16 or 32), run the network again on the
-    same input, and show the new prediction and where it differs from the full network.
+def ablated_labels(segmenter: Segmenter, work_image: Image.Image, stride: int) -> np.ndarray:
+    """Run the network on the cached network input with the backbone path at ``stride`` (4, 8,
+    16 or 32) switched off; the label map at the network input size.
 
-    Both label maps are computed at the network input size from the class scores in the same
-    way, so every changed pixel is due to the missing path; the answer is cached per stride.
+    The labels come from the class scores exactly as :func:`labels_from_logits` makes the full
+    network's, so every changed pixel is due to the missing path.
     """
     if stride not in LEVEL_STRIDES.values():
         raise ValueError(f"the path to switch off must be at stride 4, 8, 16 or 32, not {stride}")
-    size = result.input_size
+    # The features (not just the labels) are asked for to get the class scores at 1/4.
+    ablated = segmenter.predict(work_image, return_features=True, ablate_stride=stride)
+    return labels_from_logits(ablated.features.logits[0].numpy(), (work_image.height, work_image.width))
+
+
+def ablate(segmenter: Segmenter, result: DemoResult, stride: int, opacity: float = 0.5) -> AblationView:
+    """Switch off the backbone path at ``stride`` and show the new prediction and where it
+    differs from the full network. The network runs once per path; the answer is cached."""
     if stride not in result.ablations:
-        # The features (not just the labels) are asked for to get the class scores at 1/4.
-        ablated = segmenter.predict(result.work_image, return_features=True, ablate_stride=stride)
-        result.ablations[stride] = labels_from_logits(ablated.features.logits[0].numpy(), size)
-    before = labels_from_logits(result.logits, size)
+        result.ablations[stride] = ablated_labels(segmenter, result.work_image, stride)
+    return ablation_view(result, stride, opacity)
+
+
+def ablation_view(result: DemoResult, stride: int, opacity: float = 0.5) -> AblationView:
+    """The pictures of an ablation already in ``result.ablations`` (no network run)."""
+    before = labels_from_logits(result.logits, result.input_size)
     after = result.ablations[stride]
     changed = change_mask(before, after)
     image = np.asarray(result.work_image)
-    fraction = float(changed.mean()) if changed.size else 0.0
     return AblationView(
         overlay=overlay(image, after, result.palette, alpha=opacity),
         changes=render_change_map(image, before, after, result.palette),
-        changed_fraction=fraction,
+        changed_fraction=float(changed.mean()) if changed.size else 0.0,
         summary=ablation_summary(result, before, after, stride),
     )
 
@@ -497,6 +506,8 @@ __all__ = [
     "SegmenterCache",
     "DemoResult",
     "ablate",
+    "ablated_labels",
+    "ablation_view",
     "ablation_summary",
     "release_memory",
     "colour_map_of",
