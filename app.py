@@ -113,32 +113,27 @@ CSS = """
 
 
 # ---------------------------------------------------------------------------------------------
-# Input component
+# Input
 
 
-class ImageUpload(gr.Image):
-    """An image input that hands the uploaded file to the package undecoded.
+def undecoded_upload(payload):
+    """The ``preprocess`` of the image input: hand the uploaded file to the package undecoded.
 
     ``gr.Image`` would open the file with Pillow itself and fail on a damaged upload with
     Pillow's message and a server path. Decoding, EXIF orientation, colour modes (grey, RGBA,
-    16-bit) and the size limit are :func:`refinenet.inference.load_image`'s job, whose errors
-    are written for users. ``is_template`` keeps the browser widget of ``gr.Image``.
+    16-bit) and the size limit are :func:`refinenet.inference.load_image`'s job, whose errors are
+    written for users. (Set on the instance: a ``gr.Image`` subclass would make Gradio write an
+    ``app.pyi`` stub next to this file.)
     """
-
-    is_template = True
-
-    def preprocess(self, payload):  # type: ignore[override]
-        if payload is None:
-            return None
-        url = getattr(payload, "url", None)
-        if url and url.startswith("data:"):  # a pasted or captured image sent inline
-            try:
-                return base64.b64decode(url.split(",", 1)[1], validate=False)
-            except (ValueError, IndexError) as error:
-                raise user_error("The pasted image could not be decoded; try uploading the file instead.") from error
-        if payload.path is None:
-            return None
-        return payload.path
+    if payload is None:
+        return None
+    url = getattr(payload, "url", None)
+    if url and url.startswith("data:"):  # a pasted or captured image sent inline
+        try:
+            return base64.b64decode(url.split(",", 1)[1], validate=False)
+        except (ValueError, IndexError) as error:
+            raise user_error("The pasted image could not be decoded; try uploading the file instead.") from error
+    return payload.path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,14 +373,15 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
-                image = ImageUpload(label="Your image", sources=["upload", "webcam", "clipboard"], type="filepath",
-                                    image_mode=None, height=360, elem_id="input-image")
+                image = gr.Image(label="Your image", sources=["upload", "webcam", "clipboard"], type="filepath",
+                                 image_mode=None, height=360, elem_id="input-image")
+                image.preprocess = undecoded_upload
                 segment_button = gr.Button("Segment", variant="primary", elem_id="segment-button")
                 examples = sorted(str(p) for p in ASSETS.glob("synthetic-*.jpg"))
                 if examples:
                     gr.Examples(examples=[[p] for p in examples], inputs=[image], label="Synthetic examples")
                 gr.Markdown(EXAMPLES_NOTE)
-                with gr.Accordion("Model", open=False):
+                with gr.Accordion("Model", open=True):
                     model = gr.Dropdown(choices=app.model_choices(), value=app.default_model, label="Model",
                                         allow_custom_value=True, elem_id="model-choice")
                     custom = gr.Textbox(label="…or a Hugging Face repo id (ORG/NAME) or a local model folder",

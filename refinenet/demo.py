@@ -346,7 +346,10 @@ def render_stages(result: DemoResult, reduction: str = "pca", scaling: str = "pe
     naming the stride and the ``C×H×W`` shape; each map is enlarged by nearest neighbour so
     that one cell of a stride-32 map is a visible 32-pixel square."""
     maps = [b.output for b in result.blocks]
-    captions = [f"{b.name} · stride {b.stride} · {_shape_text(b.output)}" for b in result.blocks]
+    if reduction == "topk":  # k pictures per block: short captions, the grid's rows are the blocks
+        captions = [b.name for b in result.blocks]
+    else:
+        captions = [f"{b.name} · stride {b.stride} · {_shape_text(b.output)}" for b in result.blocks]
     reduced = reduce_feature_maps(maps, captions, reduction, scaling, colormap, k)
     per_block = [min(k, b.output.shape[0]) if reduction == "topk" else 1 for b in result.blocks]
     strides = [b.stride for b, n in zip(result.blocks, per_block, strict=True) for _ in range(n)]

@@ -327,7 +327,7 @@ def reduce_feature_maps(fmaps: Sequence[np.ndarray], captions: Sequence[str], re
     for idx, caption in zip(channels, captions, strict=True):
         for rank, channel in enumerate(idx, start=1):
             out.append(ReducedMap(apply_colormap(next(scaled), colormap),
-                                  f"{caption} · channel {int(channel)} (#{rank} by energy)"))
+                                  f"{caption} · channel {int(channel)} (#{rank})"))
     return out
 
 

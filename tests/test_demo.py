@@ -125,7 +125,7 @@ def test_stage_pictures_keep_the_grid_visible(cached):
     cell = deep[:32, :32].reshape(-1, 3)
     assert (cell == cell[0]).all()  # one cell = one flat 32 x 32 square (nearest, not smoothed)
     topk = demo.render_stages(cached, "topk", "shared", "viridis", k=2)
-    assert len(topk) == 8 and "#2 by energy" in topk[1][1]
+    assert len(topk) == 8 and topk[1][1].startswith("RefineNet-4 · channel ") and topk[1][1].endswith("(#2)")
 
 
 def test_crp_panel_order_and_pooling_windows(cached):

@@ -232,8 +232,7 @@ def test_reduce_feature_maps_topk_returns_the_strongest_channels_in_order():
     fmap[4, 0, 0] = 1.0
     out = reduce_feature_maps([fmap, fmap], ["x", "y"], "topk", "per-map", "magma", k=2)
     assert [m.caption for m in out] == [
-        "x · channel 3 (#1 by energy)", "x · channel 1 (#2 by energy)",
-        "y · channel 3 (#1 by energy)", "y · channel 1 (#2 by energy)",
+        "x · channel 3 (#1)", "x · channel 1 (#2)", "y · channel 3 (#1)", "y · channel 1 (#2)",
     ]
 
 

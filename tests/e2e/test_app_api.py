@@ -100,7 +100,7 @@ def test_view_endpoints_redraw_from_the_session_cache(client):
             stages = items(client.predict(reduction, scaling, "magma", 4, api_name="/features"))
             assert len(stages) == 4
     topk = items(client.predict("topk", "shared", "viridis", 3, api_name="/features"))
-    assert len(topk) == 12 and "#3 by energy" in topk[2][1]
+    assert len(topk) == 12 and topk[2][1].startswith("RefineNet-4 · channel ") and topk[2][1].endswith("(#3)")
     crp, context = client.predict("RefineNet-4", "l2", "shared", "gray", api_name="/crp")
     assert len(items(crp)) == 10 and "RefineNet-4" in context and "5×5 cells = 160×160 px" in context
 
