@@ -451,23 +451,23 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         network_options = dict(concurrency_limit=app_concurrency(), concurrency_id="network")
         segment_button.click(app.segment, [image, model, *view_inputs], outputs, api_name="segment",
                              **network_options)
-        image.change(app.segment_on_change, [image, model, *view_inputs], outputs, api_name=False,
+        image.change(app.segment_on_change, [image, model, *view_inputs], outputs, api_visibility="private",
                      **network_options)
         opacity.release(app.overlay, [state, opacity], overlay, api_name="overlay")
         feature_inputs = [state, reduction, scaling, colormap, top_k]
         reduction.input(app.features, feature_inputs, stages, api_name="features")
         for control in (scaling, colormap):
-            control.input(app.features, feature_inputs, stages, api_name=False)
-        top_k.release(app.features, feature_inputs, stages, api_name=False)
+            control.input(app.features, feature_inputs, stages, api_visibility="private")
+        top_k.release(app.features, feature_inputs, stages, api_visibility="private")
         crp_inputs = [state, crp_block, reduction, scaling, colormap]
         crp_block.input(app.crp, crp_inputs, [crp, crp_context], api_name="crp")
         for control in (reduction, scaling, colormap):
-            control.input(app.crp, crp_inputs, [crp, crp_context], api_name=False)
+            control.input(app.crp, crp_inputs, [crp, crp_context], api_visibility="private")
         path.input(app.ablate, [state, path, opacity], [ablated, changes, ablation_summary, architecture],
                    api_name="ablate", **network_options)
         load_button.click(app.load_model, custom, [model, model_status], api_name="load_model",
                           **network_options)
-        model.input(app.load_model, model, [model, model_status], api_name=False, **network_options)
+        model.input(app.load_model, model, [model, model_status], api_visibility="private", **network_options)
     return blocks
 
 
