@@ -377,6 +377,7 @@ def render_crp(result: DemoResult, block_name: str, reduction: str = "pca", scal
     captions = [f"input {_shape_text(block.crp_input)}"]
     captions += [f"branch {i + 1} · {c}×{c} cells" for i, c in enumerate(cells)]
     captions += [f"sum after stage {i + 1}" for i in range(stages)]
+    captions = [c + " · all zero" if not np.any(m) else c for c, m in zip(captions, maps, strict=True)]
     reduced = reduce_feature_maps(maps, captions, reduction, scaling, colormap, k=1)
     pictures = [(upsample_nearest(item.rgb, _display_factor(block.stride, item.rgb.shape[:2])), item.caption)
                 for item in reduced]
@@ -414,7 +415,31 @@ def crp_context_markdown(result: DemoResult, block_name: str) -> str:
         px = c * block.stride
         extra = f" ≈ {px * scale:.0f} px of your photo" if abs(scale - 1) > 0.01 else ""
         lines.append(f"- stage {i + 1}: {c}×{c} cells = {px}×{px} px of the network input{extra}")
+    positive = float(np.mean(block.crp_input > 0)) if block.crp_input.size else 0.0
+    lines.append(f"\nAfter the ReLU that opens CRP, {100 * positive:.1f}% of the input values are positive.")
+    for name, cut in dead_blocks(result):
+        lines.append(
+            f"\n**Dead block: {name}.** Its CRP input is zero at every cell for this image (every fused value "
+            f"was negative before the ReLU), so {name} passes on the same output whatever the photo, and "
+            f"nothing from the {' and '.join(f'1/{s}' for s in cut)} paths reaches the prediction. The path "
+            "ablation shows it: switching those paths off changes no pixel."
+        )
     return "\n".join(lines)
+
+
+def dead_blocks(result: DemoResult) -> list[tuple[str, list[int]]]:
+    """Blocks whose CRP input is zero everywhere, with the backbone strides cut off by them.
+
+    CRP opens with a ReLU; when the fused input is negative everywhere, the block's output no
+    longer depends on the image, so the paths into it and into every deeper block carry nothing
+    to the prediction (a "dead" block, a failure mode of training worth seeing).
+    """
+    dead = []
+    for index, block in enumerate(result.blocks):
+        if not np.any(block.crp_input):
+            cut = sorted({s for deeper in result.blocks[: index + 1] for s in deeper.levels})
+            dead.append((block.name, cut))
+    return dead
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,6 +541,7 @@ __all__ = [
     "colour_map_of",
     "context_cells",
     "crp_context_markdown",
+    "dead_blocks",
     "labels_from_logits",
     "render_annotations",
     "render_architecture",

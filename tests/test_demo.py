@@ -231,3 +231,28 @@ def test_segmenter_cache_evicts_the_least_recently_used(tiny_model):
     assert cache.loaded() == ["c", "b"]
     with pytest.raises(ValueError, match="no model given"):
         cache.get("  ")
+
+
+def test_a_dead_block_is_named_and_cuts_the_deeper_paths(tiny_model, photo, tmp_path):
+    """With RefineNet-3's adaptation and fusion weights at zero its fused input is 0 everywhere:
+    CRP's opening ReLU passes nothing, the block's output no longer depends on the image, and
+    the 1/16 and 1/32 paths stop mattering. The demo must say so, and ablation must agree."""
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        for parameter in [*model.refine3.adapt.parameters(), *model.refine3.fusion.parameters()]:
+            parameter.zero_()
+    segmenter = Segmenter(model, device="cpu", max_side=160)
+    result = demo.segment(segmenter, photo, model_id="tiny", out_dir=tmp_path)
+    assert demo.dead_blocks(result) == [("RefineNet-3", [16, 32])]
+    markdown = demo.crp_context_markdown(result, "RefineNet-1")
+    assert "Dead block: RefineNet-3" in markdown and "1/16 and 1/32 paths" in markdown
+    captions = [caption for _, caption in demo.render_crp(result, "RefineNet-3", "l2")]
+    assert all(c.endswith("all zero") for i, c in enumerate(captions) if i != 5)
+    assert "0.0% of the input values are positive" in demo.crp_context_markdown(result, "RefineNet-3")
+    assert demo.ablate(segmenter, result, 32).changed_fraction == 0.0
+    assert demo.ablate(segmenter, result, 16).changed_fraction == 0.0
+    assert demo.ablate(segmenter, result, 8).changed_fraction > 0.0
+    healthy = demo.segment(Segmenter(copy.deepcopy(tiny_model), device="cpu", max_side=160), photo,
+                           model_id="tiny", out_dir=tmp_path)
+    assert demo.dead_blocks(healthy) == []
+    assert "Dead block" not in demo.crp_context_markdown(healthy, "RefineNet-3")
