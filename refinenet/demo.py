@@ -420,9 +420,10 @@ def crp_context_markdown(result: DemoResult, block_name: str) -> str:
     for name, cut in dead_blocks(result):
         lines.append(
             f"\n**Dead block: {name}.** Its CRP input is zero at every cell for this image (every fused value "
-            f"was negative before the ReLU), so {name} passes on the same output whatever the photo, and "
-            f"nothing from the {' and '.join(f'1/{s}' for s in cut)} paths reaches the prediction. The path "
-            "ablation shows it: switching those paths off changes no pixel."
+            f"was negative before the ReLU), so {name} hands on an output that would be the same for any photo "
+            f"in this state: what the {' and '.join(f'1/{s}' for s in cut)} paths see of *this* photo does not "
+            "reach the prediction. (Switching a path off in the ablation is a bigger change: its features become "
+            "zeros, which can also wake the block up.)"
         )
     return "\n".join(lines)
 
