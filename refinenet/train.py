@@ -150,6 +150,22 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     return float(loss.detach())
 
 
+@torch.no_grad()
+def block_health(model: RefineNet, x: torch.Tensor) -> dict[str, float]:
+    """Fraction of positive CRP inputs per RefineNet block on the batch ``x``.
+
+    The decoder has no normalisation, so a block whose fused input goes negative everywhere is
+    silenced by the ReLU that opens its CRP: it then passes on a constant, and no gradient reaches
+    the blocks above it, for good ("dying ReLU"). Logging this every epoch makes such a failure
+    visible the epoch it happens instead of after training.
+    """
+    was_training = model.training
+    model.eval()
+    output = model(x, return_features=True)
+    model.train(was_training)
+    return {b.name: round(float((b.crp.input > 0).float().mean()), 4) for b in output.blocks}
+
+
 def capture_state(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int,
                   history: list[dict]) -> dict:
     return {
@@ -197,11 +213,20 @@ def export_model_folder(model: RefineNet, folder: Path, max_fp32_bytes: int = 20
     return folder
 
 
-def build_datasets(cfg: TrainConfig, model_config: RefineNetConfig) -> tuple[Dataset, Dataset | None]:
+def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    top, left = max(0, (x.shape[-2] - size) // 2), max(0, (x.shape[-1] - size) // 2)
+    return x[..., top:top + size, left:left + size]
+
+
+def build_datasets(cfg: TrainConfig, model_config: RefineNetConfig,
+                   eval_transform: bool = False) -> tuple[Dataset, Dataset | None]:
+    """The training set (augmented, or plain with ``eval_transform``) and the optional validation set."""
     data = cfg.data
     ignore = data.get("ignore_index", 255)
-    train_tf = TrainTransform(cfg.crop_size, cfg.scale_range, True, cfg.photometric, model_config.mean,
-                              model_config.std, ignore)
+    train_tf = EvalTransform(model_config.mean, model_config.std) if eval_transform else TrainTransform(
+        cfg.crop_size, cfg.scale_range, True, cfg.photometric, model_config.mean, model_config.std, ignore)
+    if eval_transform:
+        return build_dataset(data.get("kind", "camvid"), data.get("root"), data["train_split"], train_tf), None
     train = build_dataset(data.get("kind", "camvid"), data.get("root"), data["train_split"], train_tf, cfg.seed)
     val = None
     if data.get("val_split"):
@@ -248,6 +273,9 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
     steps_per_epoch = max(1, math.ceil(len(train_set) / world) // cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     done_this_call = 0
+    # A fixed probe image (the first of the training set, unaugmented) for per-epoch health checks.
+    probe_set, _ = build_datasets(cfg, model_config, eval_transform=True)
+    probe = _center_crop(probe_set[0][0], cfg.crop_size)[None].to(device).contiguous(memory_format=torch.channels_last)
 
     while epoch < cfg.epochs:
         set_epoch(train_set, epoch)
@@ -287,6 +315,12 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
             result = evaluate_model(model, val_set, model_config.num_classes, ignore_index,
                                     model_config.class_names, device=device, progress=progress)
             record["val_mIoU"] = round(result["mIoU"], 2)
+        if rank == 0:
+            record["crp_input_positive"] = block_health(model, probe)
+            dead = [name for name, share in record["crp_input_positive"].items() if share == 0.0]
+            if dead:
+                print(f"warning: {', '.join(dead)} silenced (no positive CRP input on the probe batch); "
+                      "the blocks above it no longer learn", flush=True)
         history.append(record)
         if rank == 0:
             print(json.dumps(record), flush=True)

@@ -83,6 +83,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+    # Every epoch logs the share of positive CRP inputs of each block (dead-block detector).
+    assert set(a["history"][-1]["crp_input_positive"]) == {"RefineNet-4", "RefineNet-3", "RefineNet-2", "RefineNet-1"}
     # A finished run is exported as a model folder.
     assert (straight / "model" / "config.json").exists() and (straight / "model" / "model.safetensors").exists()
 
@@ -110,3 +112,25 @@ def test_torchrun_two_cpu_processes_on_gloo(tmp_path):
     assert state["epoch"] == 1 and state["step"] == 1
     log = [json.loads(line) for line in (tmp_path / "runs" / "ddp" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 1, "only rank 0 writes the log"
+
+
+def test_block_health_reports_a_silenced_block():
+    from refinenet.train import block_health
+
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(name="t", model=dict(TINY_MODEL), data={}, backbone_weights=None).model_config())
+    x = torch.randn(1, 3, 64, 64)
+    assert all(share > 0 for share in block_health(model, x).values())
+    # Drive RefineNet-3's fused input negative everywhere, as a diverged training run can: the
+    # last adaptation RCU adds -1000 to every cell, the fusion passes it on unchanged.
+    with torch.no_grad():
+        rcu = model.refine3.adapt[0].rcus[-1]
+        rcu.conv1.weight.zero_()
+        rcu.conv1.bias.fill_(1.0)
+        rcu.conv2.weight.zero_()
+        rcu.conv2.weight[:, :, 1, 1] = -1000.0 / 16
+        model.refine3.fusion.convs[0].weight.zero_()
+        model.refine3.fusion.convs[0].weight[:, :, 1, 1] = torch.eye(16)
+        model.refine3.fusion.convs[1].weight.zero_()
+    health = block_health(model, x)
+    assert health["RefineNet-3"] == 0.0 and health["RefineNet-4"] > 0
