@@ -46,6 +46,7 @@ class TrainConfig:
     crop_size: int = 320
     scale_range: tuple[float, float] = (0.5, 2.0)
     photometric: float = 0.2
+    optimizer: str = "adamw"  # or "sgd" (momentum 0.9), the Light-Weight RefineNet authors' choice
     lr_backbone: float = 5e-4
     lr_decoder: float = 5e-3
     weight_decay: float = 1e-4
@@ -124,6 +125,17 @@ def parameter_groups(model: RefineNet, lr_backbone: float, lr_decoder: float) ->
     decoder = [p for p in model.parameters() if id(p) not in ids]
     return [{"params": backbone, "lr": lr_backbone, "base_lr": lr_backbone},
             {"params": decoder, "lr": lr_decoder, "base_lr": lr_decoder}]
+
+
+def build_optimizer(cfg: TrainConfig, model: RefineNet) -> torch.optim.Optimizer:
+    """AdamW, or SGD with momentum 0.9: two learning rates, one for the ImageNet backbone and a
+    higher one for the randomly initialised decoder."""
+    groups = parameter_groups(model, cfg.lr_backbone, cfg.lr_decoder)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected 'adamw' or 'sgd'")
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -249,8 +261,7 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
     model = build_model(model_config, cfg.backbone_weights)
     zero_init_residual_branches(model)
     model = model.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.lr_backbone, cfg.lr_decoder),
-                                  weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(cfg, model)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / "last.pt"
