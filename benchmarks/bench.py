@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 import refinenet  # noqa: E402
 from refinenet.flops import count_macs  # noqa: E402
-from refinenet.runtime import FastModel, eager_baseline, fast_path, synchronize, timed  # noqa: E402
+from refinenet.runtime import FastModel, eager_baseline, fast_path, synchronize  # noqa: E402
 
 APP_MODEL = "refinenet-mobilenetv2"
 APP_ZOO_ID = "camvid-refinenet-mobilenetv2"
@@ -245,18 +245,40 @@ def measure_peak_memory(fn: Callable[[], object], device: torch.device) -> int |
     return max(0, _proc_status()["VmHWM"] - before)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+CLOCK = {"now": time.perf_counter}
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call takes on the chosen clock: wall time (GPU work included), or the
+    process's CPU time, which a busy neighbour on the machine cannot inflate (with one torch
+    thread it equals the wall time the call would take alone on one core)."""
+    now = CLOCK["now"]
+    synchronize(device)
+    start = now()
+    fn()
+    synchronize(device)
+    return now() - start
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def time_interleaved(paths: dict[str, Callable], x: torch.Tensor, warmup: int, repeats: int,
                      device: torch.device) -> tuple[dict[str, float], dict[str, list[float]]]:
     """First-call time and per-call times of every path, one call of each per round."""
     first = {}
     for name, fn in paths.items():
-        first[name] = timed(lambda fn=fn: fn(x), device)
+        wall = time.perf_counter()
+        first[name] = _timed(lambda fn=fn: fn(x), device)
+        first[name + "@wall"] = time.perf_counter() - wall  # compilation runs partly in child processes
         for _ in range(max(0, warmup - 1)):
             fn(x)
     times: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(repeats):
         for name, fn in paths.items():
-            times[name].append(timed(lambda fn=fn: fn(x), device))
+            times[name].append(_timed(lambda fn=fn: fn(x), device))
     return first, times
 
 
@@ -342,21 +364,27 @@ def measure_model(name: str, args, device: torch.device) -> dict:
         "model": name, **info, "parameters": refinenet.count_parameters(model), "macs_512": macs_512,
         "heavy": heavy, "warmup": warmup, "repeats": repeats, "batch": batch, "sizes": [], "accuracy": [],
     }
+    log(f"{name}: built ({info['weights']})")
     paths, notes = build_paths(model, device, args, name, heavy)
     record["paths"] = notes
-    ablation = ("channels-last", "+bn-fold")  # the per-trick paths: first size only
+    ablation = ("channels-last", "+bn-fold")
+    later_skip = ablation if args.compile_all_sizes else (*ablation, "fast-compile")
     generator = torch.Generator().manual_seed(0)
     inputs = {}
     for index, size in enumerate(args.sizes):
         x = torch.randn(1, 3, *size, generator=generator).to(device)
         inputs[size] = x
         macs = count_macs(model, size).total
-        timed_paths = paths if index == 0 else {p: f for p, f in paths.items() if p not in ablation}
+        # The per-trick paths and torch.compile at the first size only: a new size means a new
+        # compilation, which the first size's first call already shows the cost of.
+        timed_paths = paths if index == 0 else {p: f for p, f in paths.items() if p not in later_skip}
+        log(f"{name}: timing {size_name(size)} ({', '.join(timed_paths)})")
         first, times = time_interleaved(timed_paths, x, warmup, repeats, device)
         entry = {"size": size_name(size), "macs": macs, "batch1": {}, "batched": {}}
         for path, series in times.items():
             stats = summarise(series)
             stats["first_call_s"] = first[path]
+            stats["first_call_wall_s"] = first[path + "@wall"]
             stats["images_per_s"] = 1.0 / stats["mean_s"]
             stats["flops_per_s"] = 2 * macs / stats["median_s"]
             entry["batch1"][path] = stats
@@ -365,7 +393,8 @@ def measure_model(name: str, args, device: torch.device) -> dict:
     # The larger batch, at the first size.
     size, entry = args.sizes[0], record["sizes"][0]
     xb = torch.randn(batch, 3, *size, generator=generator).to(device)
-    batch_paths = {p: f for p, f in paths.items() if p not in ablation}
+    batch_paths = {p: f for p, f in paths.items() if p not in later_skip}
+    log(f"{name}: batch {batch}")
     _, btimes = time_interleaved(batch_paths, xb, 1, max(2, repeats // 2), device)
     for path, series in btimes.items():
         stats = summarise(series)
@@ -375,6 +404,7 @@ def measure_model(name: str, args, device: torch.device) -> dict:
         entry["batched"][path] = stats
 
     # Agreement with eager fp32, on the random input and on real images.
+    log(f"{name}: agreement")
     count = 1 if heavy else args.real_count
     checks = [("random normal", inputs[size].cpu())] + real_images(args.real_images, count, model.config)
     for label, image in checks:
@@ -392,6 +422,7 @@ def measure_model(name: str, args, device: torch.device) -> dict:
     # allocated and freed is not silently reused by the next one.
     record["memory_method"] = "rss-high-water, glibc returns freed memory" if _return_freed_memory() else \
         "rss-high-water (glibc tuning unavailable: reuse of freed memory may hide part of a peak)"
+    log(f"{name}: memory")
     x = inputs[size]
     for path, fn in paths.items():
         entry["batch1"][path]["peak_memory_bytes"] = measure_peak_memory(lambda fn=fn, x=x: fn(x), device)
@@ -453,50 +484,71 @@ def measure_app(args, device: torch.device) -> dict:
             folder = save_pretrained(model, Path(tmp) / "model")
         image_path = _app_image(args.real_images, size, Path(tmp))
         demo_app = app_module.DemoApp(str(folder), str(device))
+        # Build the interface too: it is what wires the handlers to this app (module state).
+        app_module.build_demo(demo_app)
         segmenter = demo_app.models.get(str(folder))
         options = (0.55, "pca", "per-map", "viridis", 4, None)  # the app's default view settings
 
-        def run() -> tuple[float, dict, dict]:
+        network_clock = {"s": 0.0}
+
+        def clock_network(net: torch.nn.Module) -> None:
+            """Time the network on the benchmark's clock (the Segmenter's own figures are wall
+            time, which a busy neighbour inflates), by wrapping this instance's forward."""
+            inner = net.forward
+
+            def forward(*a, **k):
+                tick = CLOCK["now"]()
+                out = inner(*a, **k)
+                network_clock["s"] += CLOCK["now"]() - tick
+                return out
+
+            net.forward = forward
+
+        def run() -> tuple[float, float, dict, dict]:
             counter = {"images": 0, "bytes": 0}
-            start = time.perf_counter()
+            network_clock["s"] = 0.0
+            start, wall = CLOCK["now"](), time.perf_counter()
             outputs = demo_app.segment(str(image_path), str(folder), *options)
             encode_start = time.perf_counter()
             _encode_outputs(list(outputs[1:]), counter)
-            end = time.perf_counter()
-            seconds = dict(outputs[0].seconds)
-            seconds["encode"] = end - encode_start
-            seconds["render"] = encode_start - start - sum(
+            end, wall_end = CLOCK["now"](), time.perf_counter()
+            seconds = dict(outputs[0].seconds)  # the app's own (wall-clock) breakdown
+            seconds["encode"] = wall_end - encode_start
+            seconds["render"] = encode_start - wall - sum(
                 seconds.get(k, 0.0) for k in ("preprocess", "network", "postprocess", "caching"))
-            return end - start, seconds, counter
+            return end - start, network_clock["s"], seconds, counter
 
         def measure() -> dict:
+            clock_network(segmenter.model)
             for _ in range(max(1, args.warmup)):
                 run()
-            totals, parts, counter = [], [], {}
+            totals, networks, parts, counter = [], [], [], {}
             for _ in range(args.app_repeats):
-                total, seconds, counter = run()
+                total, network, seconds, counter = run()
                 totals.append(total)
+                networks.append(network)
                 parts.append(seconds)
             breakdown = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
-            network, end_to_end = breakdown["network"], statistics.median(totals)
+            network, end_to_end = statistics.median(networks), statistics.median(totals)
+            rendering = breakdown["render"] + breakdown["encode"]
             return {
                 "segmenter_model_class": type(segmenter.model).__name__,
                 "end_to_end_s": end_to_end, "end_to_end_p90_s": summarise(totals)["p90_s"],
                 "network_s": network, "overhead_s": end_to_end - network,
                 "overhead_ratio": (end_to_end - network) / network,
-                "rendering_s": breakdown["render"] + breakdown["encode"],
-                "breakdown_s": breakdown, "encoded_images": counter.get("images"),
-                "encoded_bytes": counter.get("bytes"),
+                "rendering_s": rendering, "breakdown_wall_s": breakdown,
+                "encoded_images": counter.get("images"), "encoded_bytes": counter.get("bytes"),
             }
 
         shipped = measure()
+        del segmenter.model.forward  # drop the timing wrapper before copying the model
         with_fast = None
         if not isinstance(segmenter.model, FastModel):
             # What the app would gain from the fast path: the same handler, the network swapped.
             segmenter.model = fast_path(segmenter.model, device)
             with_fast = measure()
     return {"status": "ok", "model": info, "image": f"{image_path.name} ({size_name(size)})",
-            "repeats": args.app_repeats, **shipped, "with_fast_path": with_fast}
+            "repeats": args.app_repeats, "clock": args.clock, **shipped, "with_fast_path": with_fast}
 
 
 def _app_image(folder: Path | None, size: tuple[int, int], tmp: Path) -> Path:
@@ -521,14 +573,28 @@ def _app_image(folder: Path | None, size: tuple[int, int], tmp: Path) -> Path:
 # The machine
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of the best of ``repeats`` ``n x n`` matmuls: the practical peak of this device."""
+def practical_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """FLOP/s of the best of ``repeats`` runs of two large kernels: an ``n x n`` matmul (MKL on
+    the CPU, cuBLAS on a GPU) and a 256-channel 3x3 convolution at 128x128 in channels-last
+    (oneDNN's direct brgemm kernel / cuDNN: what the network's convolutions use). MKL takes a
+    slower code path on AMD CPUs (about 100 GFLOP/s per core here, against about 240 for the
+    convolution), so the matmul alone would understate the peak."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    best = min(timed(lambda: a @ b, device) for _ in range(repeats))
-    return 2 * n**3 / best
+    channels, side = (256, 128) if device.type == "cpu" else (1024, 128)
+    x = torch.randn(1, channels, side, side, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(channels, channels, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    kernels = {
+        "matmul": (lambda: a @ b, 2 * n**3),
+        "conv3x3": (lambda: torch.nn.functional.conv2d(x, w, padding=1), 2 * channels * channels * 9 * side * side),
+    }
+    out = {}
+    with torch.inference_mode():
+        for name, (fn, flops) in kernels.items():
+            for _ in range(2):
+                fn()
+            out[name] = flops / min(_timed(fn, device) for _ in range(repeats))
+    return out
 
 
 def cpu_name() -> str:
@@ -672,9 +738,17 @@ def markdown(result: dict) -> str:
         lines.append(f"- Device: {s.get('gpu')} (CUDA {s.get('cuda')}, cuDNN {s.get('cudnn')}); host {s['cpu']}")
     lines.append(f"- torch {s['torch']}, torchvision {s['torchvision']}, numpy {s['numpy']}, python {s['python']}")
     lines.append(f"- Load average at start: {', '.join(f'{v:.2f}' for v in s['load_average_at_start'])}")
+    if result.get("clock") == "cpu":
+        lines.append(f"- Clock: **CPU time** of the benchmark process ({s['torch_threads']} torch thread(s)), not wall "
+                     "time: a neighbour on the machine cannot inflate it. With one thread it is the time the call "
+                     "takes alone on one core.")
+    else:
+        lines.append("- Clock: wall time.")
     peak = result["peak"]
-    lines.append(f"- Practical peak (best {peak['n']}x{peak['n']} matmul): "
-                 + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peak["flops_per_s"].items())
+    lines.append("- Practical peak (best of a large matmul and a large 3x3 convolution): " + ", ".join(
+                     f"{k} {v / 1e9:.0f} GFLOP/s (" + ", ".join(f"{kn} {kv / 1e9:.0f}" for kn, kv in
+                                                          peak["kernels"][k].items()) + ")"
+                     for k, v in peak["flops_per_s"].items())
                  + (f"; datasheet bf16 {peak['datasheet_bf16'] / 1e12:.0f} TFLOP/s" if peak.get("datasheet_bf16")
                     else ""))
     for note in result["notes"]:
@@ -744,7 +818,7 @@ def markdown(result: dict) -> str:
                 f"({app['encoded_images']}, {app['encoded_bytes'] / 1024:.0f} KiB) as Gradio does before sending.",
                 "",
                 "| network run by the Segmenter | end to end ms | p90 ms | network ms | overhead ms | "
-                "overhead / network | rendering ms |",
+                "overhead / network | rendering ms (wall) |",
                 "|---|---|---|---|---|---|---|",
             ]
             runs = [("as shipped", app)] + ([("fast path swapped in", app["with_fast_path"])]
@@ -755,8 +829,8 @@ def markdown(result: dict) -> str:
                              f"{r['overhead_ratio']:.2f} | {_ms(r['rendering_s'])} |")
             lines.append("")
             for label, r in runs:
-                lines.append(f"Breakdown, {label} (ms): "
-                             + ", ".join(f"{k} {1000 * v:.1f}" for k, v in r["breakdown_s"].items()))
+                lines.append(f"The app's own breakdown, {label} (wall-clock ms): "
+                             + ", ".join(f"{k} {1000 * v:.1f}" for k, v in r["breakdown_wall_s"].items()))
                 lines.append("")
 
     lines += ["", "## Models and paths", ""]
@@ -782,6 +856,7 @@ def markdown(result: dict) -> str:
 
 def run_worker(args) -> None:
     torch.set_num_threads(args.threads)
+    CLOCK["now"] = CLOCKS[args.clock]
     device = torch.device(args.device)
     if args.worker == "app":
         result = measure_app(args, device)
@@ -837,6 +912,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="training checkpoint for the app's architecture while no trained weights are bundled")
     parser.add_argument("--budget", type=float, default=660,
                         help="seconds; models not started within it are skipped and listed (default 660)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or process CPU time (robust on a shared machine; use with --threads 1)")
+    parser.add_argument("--compile-all-sizes", action="store_true",
+                        help="also time the compiled path at the other sizes and the larger batch (each recompiles)")
     parser.add_argument("--no-app", dest="app", action="store_false", help="skip the app's end-to-end timing")
     parser.add_argument("--app-size", default="480x360", help="image size for the app timing (WxH)")
     parser.add_argument("--app-repeats", type=int, default=5)
@@ -896,18 +975,19 @@ def main(argv: list[str] | None = None) -> int:
     for device_name in devices:
         device = torch.device(device_name)
         torch.set_num_threads(args.threads)
+        CLOCK["now"] = CLOCKS[args.clock]
         print(f"benchmark on {device_name}: {', '.join(models)}", flush=True)
         n = 8192 if device.type == "cuda" else 2048  # long enough that timing overhead does not count
-        dtype_peaks = {"fp32": matmul_peak(device, torch.float32, n)}
+        kernels = {"fp32": practical_peak(device, torch.float32, n)}
         if device.type == "cuda" or native_bf16_cpu():
-            dtype_peaks["bf16"] = matmul_peak(device, torch.bfloat16, n)
+            kernels["bf16"] = practical_peak(device, torch.bfloat16, n)
         else:
-            dtype_peaks["bf16"] = dtype_peaks["fp32"]
-        peak = {"n": n, "flops_per_s": dtype_peaks}
+            kernels["bf16"] = kernels["fp32"]
+        peak = {"n": n, "kernels": kernels, "flops_per_s": {k: max(v.values()) for k, v in kernels.items()}}
         notes = [
             "Paths are timed interleaved, one call of each per round; latency = median (and p90) of the rounds.",
             "FLOP/s = 2 x conv multiply-adds (refinenet.flops.count_macs) / median latency; '% of peak' is against "
-            "the practical peak above (a large matmul), not a datasheet figure.",
+            "the practical peak above, not a datasheet figure.",
             "Peak memory: CPU = rise of the process's resident-set high-water mark during one call (reset through "
             "/proc/self/clear_refs); CUDA = torch.cuda.max_memory_allocated over what was allocated before.",
             "torch.compile runs with an empty inductor cache: its first call is the cold compile a fresh server pays.",
@@ -925,7 +1005,8 @@ def main(argv: list[str] | None = None) -> int:
             if datasheet:
                 peak["datasheet_bf16"] = datasheet
         notes += args.note
-        result = {"device": device_name, "stamp": stamp(device, command), "peak": peak, "notes": notes,
+        result = {"device": device_name, "clock": args.clock, "stamp": stamp(device, command), "peak": peak,
+                  "notes": notes,
                   "models": []}
         started = time.perf_counter()
         jobs = list(models)

@@ -19,8 +19,8 @@ Two ways to get a model ready:
   * the CRP max-pool computed as a separable max (:class:`SeparableMaxPool2d`): a max over a
     ``k x k`` window is a max over ``1 x k`` then ``k x 1``, i.e. ``2(k-1)`` pairwise maxima per
     output cell instead of ``k*k - 1`` comparisons, and exact because max is;
-  * on CUDA: ``cudnn.benchmark``, bf16 (or fp16) autocast, optionally ``torch.compile`` and CUDA
-    graphs.
+  * on CUDA: ``cudnn.benchmark`` and bf16 (or fp16) autocast of the decoder; optionally
+    ``torch.compile`` and CUDA graphs. On the CPU, bf16 and ``torch.compile`` are opt-in.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+import types
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -369,16 +370,20 @@ def fast_path(
 
 
 def _keep_fp32(module: nn.Module, device_type: str) -> None:
-    """Make ``module`` run with autocast switched off (its inputs are the fp32 image), by
-    giving this instance a forward that wraps the class's one. Structure and attributes stay
-    as they are, so the decoder still finds ``backbone.feature_info``."""
-    inner = module.forward
+    """Make ``module`` run with autocast switched off (its inputs are the fp32 image).
 
-    def forward(*args, **kwargs):
-        with torch.autocast(device_type=device_type, enabled=False):
-            return inner(*args, **kwargs)
+    The instance gets a bound method that wraps its class's ``forward``; structure and
+    attributes stay as they are (the decoder still finds ``backbone.feature_info``), and, being
+    a bound method rather than a closure, it is rebound to the copy when the model is
+    deep-copied, so a copy never runs the original's weights.
+    """
+    module._autocast_off_device = device_type
+    module.forward = types.MethodType(_forward_without_autocast, module)
 
-    module.forward = forward
+
+def _forward_without_autocast(self: nn.Module, *args, **kwargs):
+    with torch.autocast(device_type=self._autocast_off_device, enabled=False):
+        return type(self).forward(self, *args, **kwargs)
 
 
 def eager_baseline(model: nn.Module, device: torch.device | str | None = None) -> Callable[[Tensor], Tensor]:

@@ -7,6 +7,7 @@ must agree to 1e-4, bf16 autocast to 1e-2, argmax on at least 99.5 % of pixels.
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -253,6 +254,22 @@ def test_fast_path_bf16_autocast_on_cpu_is_within_bf16_tolerance(tiny_model):
     assert clear.float().mean() > 0.9
     assert agree[clear].float().mean() >= 0.995
     assert agree.float().mean() >= 0.99
+
+
+def test_bf16_keeps_the_backbone_in_fp32_even_in_a_copy(tiny_model):
+    fast = fast_path(tiny_model, "cpu", dtype="bf16")
+    everything = fast_path(tiny_model, "cpu", dtype="bf16", low_precision_backbone=True)
+    twin = copy.deepcopy(fast.model)
+    with torch.no_grad():
+        for p in twin.backbone.parameters():
+            p.zero_()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        own, copied, low = fast.model.backbone(x), twin.backbone(x), everything.model.backbone(x)
+    assert all(t.dtype == torch.float32 for t in own)  # autocast is off inside the backbone
+    assert all(t.dtype == torch.bfloat16 for t in low)
+    # The copy's backbone runs the copy's (zeroed) weights, not the original's.
+    assert own[0].abs().sum() > 0 and copied[0].abs().sum() == 0
 
 
 def test_fast_model_looks_like_the_model_it_wraps(tiny_model):
