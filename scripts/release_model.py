@@ -84,6 +84,10 @@ def main() -> int:
     parser.add_argument("--trainonly-log", type=Path, default=None,
                         help="log.jsonl of the train-only twin run, to report its validation mIoU")
     parser.add_argument("--skip-multiscale", action="store_true", help="evaluate at a single scale only")
+    parser.add_argument("--reuse-eval", action="store_true",
+                        help="keep the eval JSON already in the folder (only rewrite weights and card)")
+    parser.add_argument("--notes-file", type=Path, default=None,
+                        help="markdown file added to the card's Training section")
     parser.add_argument("--notes", default="", help="extra markdown for the card's Training section")
     args = parser.parse_args()
 
@@ -106,12 +110,12 @@ def main() -> int:
                   "--out", str(out / "eval-test.json"), "--confusion", str(out / "confusion-test.png")]
     multi_cmd = ["eval", "--model", str(out), "--data", data, "--split", "test", "--device", "cpu",
                  "--scales", "0.75,1,1.25", "--flip", "--out", str(out / "eval-test-ms-flip.json")]
-    if refinenet_cli(single_cmd) != 0:
+    if not args.reuse_eval and refinenet_cli(single_cmd) != 0:
         return 1
     single = json.loads((out / "eval-test.json").read_text())
     multi = None
     if not args.skip_multiscale:
-        if refinenet_cli(multi_cmd) != 0:
+        if not args.reuse_eval and refinenet_cli(multi_cmd) != 0:
             return 1
         multi = json.loads((out / "eval-test-ms-flip.json").read_text())
     metrics = {"test_mean_iou": round(single["mIoU"], 2), "test_pixel_accuracy": round(single["pixel_accuracy"], 2)}
@@ -144,6 +148,8 @@ def main() -> int:
     ]
     if args.notes:
         training += ["", args.notes]
+    if args.notes_file:
+        training += ["", args.notes_file.read_text()]
     if args.trainonly_log and args.trainonly_log.exists():
         vals = [json.loads(line) for line in args.trainonly_log.read_text().splitlines() if "val_mIoU" in line]
         if vals:
