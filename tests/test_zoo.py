@@ -8,7 +8,7 @@ import re
 import pytest
 from conftest import make_tiny_model
 
-from refinenet import zoo
+from refinenet import hub, zoo
 from refinenet.backbones import BACKBONES
 from refinenet.config import ARCHITECTURES, RefineNetConfig
 from refinenet.hub import save_pretrained
@@ -37,10 +37,10 @@ def test_bundled_copies_that_are_installed_match_their_entries():
         if not entry.bundled or not (folder / zoo.WEIGHTS_NAME).is_file():
             continue
         assert entry.sha256 == zoo.hash_folder(folder), f"update the sha256 of {entry.model_id}"
-        config = RefineNetConfig.load(folder / zoo.CONFIG_NAME)
+        config = RefineNetConfig.load(folder / hub.CONFIG_NAME)
         assert (config.architecture, config.backbone) == (entry.architecture, entry.backbone)
         assert tuple(config.class_names) == entry.classes
-        assert (folder / zoo.CARD_NAME).is_file()
+        assert (folder / hub.CARD_NAME).is_file()
 
 
 def test_weights_dir_override_order(tmp_path, monkeypatch):
