@@ -871,11 +871,14 @@ def run_worker(args) -> None:
     Path(args.result_file).write_text(json.dumps(result))
 
 
-def spawn(job: str, device: str, argv: list[str], timeout: float) -> dict:
+def spawn(job: str, device: str, argv: list[str], timeout: float, threads: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="refinenet-bench-") as tmp:
         out = Path(tmp) / "result.json"
         env = dict(os.environ)
         env["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")  # cold compile, honestly timed
+        # numpy's BLAS (the app's PCA) gets the same thread count as torch.
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[name] = str(threads)
         command = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", job, "--device", device,
                    "--result-file", str(out)]
         tick = time.perf_counter()
@@ -1021,7 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
                 if job == "app":
                     record = {"status": f"TODO: {record['error']}"}
             else:
-                record = spawn(job, device_name, forward, args.timeout)
+                record = spawn(job, device_name, forward, args.timeout, args.threads)
             if job == "app":
                 result["app"] = record if "error" not in record else {"status": f"failed: {record['error']}"}
             else:
