@@ -115,7 +115,8 @@ def available_models() -> list[str]:
     except ImportError:
         return names
     for entry in list_models():
-        if _zoo_folder(entry.model_id) is not None:
+        # The app's architecture already runs with the bundled weights of its zoo model.
+        if _zoo_folder(entry.model_id) is not None and entry.model_id != APP_ZOO_ID:
             names.append(f"zoo:{entry.model_id}")
     return names
 
@@ -838,9 +839,11 @@ def markdown(result: dict) -> str:
         if "error" in m:
             lines.append(f"- **{m['model']}**: failed: {m['error']}")
             continue
+        load = ", ".join(f"{v:.2f}" for v in m.get("load_average_after", ()))
         lines.append(f"- **{m['model']}**: {m['title']}; {m['parameters'] / 1e6:.2f} M parameters, "
                      f"{m['macs_512'] / 1e9:.1f} G multiply-adds at 512x512; {m['weights']}; "
-                     f"warm-up {m['warmup']}, repeats {m['repeats']}, batch {m['batch']}; {m['seconds']:.0f} s")
+                     f"warm-up {m['warmup']}, repeats {m['repeats']}, batch {m['batch']}; {m['seconds']:.0f} s; "
+                     f"load average after it: {load}")
     paths_seen = {}
     for m in result["models"]:
         paths_seen.update(m.get("paths", {}))
@@ -1025,6 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
                     record = {"status": f"TODO: {record['error']}"}
             else:
                 record = spawn(job, device_name, forward, args.timeout, args.threads)
+            record["load_average_after"] = os.getloadavg()  # evidence of what else ran meanwhile
             if job == "app":
                 result["app"] = record if "error" not in record else {"status": f"failed: {record['error']}"}
             else:
