@@ -21,15 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data import CAMVID_CLASSES
 from .hub import WEIGHTS_NAME, sha256_file
 
 # Environment variable that moves the bundled-weights directory (tests, system packages).
 WEIGHTS_DIR_ENV = "REFINENET_WEIGHTS_DIR"
-
-# CamVid, 11-class protocol of the SegNet split (label 11 = void, ignored), in label order.
-CAMVID_CLASSES = (
-    "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
-)
 
 
 @dataclass(frozen=True)
