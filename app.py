@@ -19,9 +19,12 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
+from PIL import Image
 
 from refinenet import demo, zoo
 from refinenet.inference import ImageLoadError
@@ -35,8 +38,11 @@ DEVICE_ENV = "REFINENET_APP_DEVICE"
 STATE_TTL_SECONDS = 15 * 60
 # Label-map PNGs written for download are removed after this long.
 DOWNLOAD_TTL_SECONDS = 60 * 60
-# What a segmentation returns: the state, 14 panels and the timing line.
-SEGMENT_OUTPUTS = 16
+# Pictures for the panels are written by the app (see DemoApp.picture); Gradio copies each into
+# its own cache when it sends the response, so ours only need to outlive that.
+PICTURE_TTL_SECONDS = 5 * 60
+# What a segmentation returns: the state, 13 panels and the timing line.
+SEGMENT_OUTPUTS = 15
 
 try:  # ZeroGPU on Hugging Face Spaces: borrow a GPU only while the network runs.
     import spaces
@@ -109,6 +115,34 @@ pooling), with the tensor shapes (C×H×W) your image produced. A switched-off p
 # Galleries keep a fixed minimum height by default, which leaves a blank band under one row of maps.
 CSS = """
 #stages .grid-wrap, #crp .grid-wrap { min-height: 0 !important; max-height: none !important; height: auto !important; }
+/* Feature maps come with one pixel per cell: enlarge them as flat squares, never smoothed. */
+#stages img, #crp img { image-rendering: pixelated; }
+"""
+
+
+# The legend (demo.render_legend) holds the photo and a hidden mask per class; hovering a row
+# shows that class's mask over a dimmed photo. One listener on the component's root element, so
+# it keeps working when a new segmentation replaces the HTML inside.
+LEGEND_JS = """
+const show = (row) => {
+  const cls = row ? row.dataset.class : null;
+  let found = false;
+  element.querySelectorAll('img.mask').forEach((mask) => {
+    const on = mask.dataset.class === cls;
+    mask.classList.toggle('shown', on);
+    found = found || on;
+  });
+  element.querySelectorAll('.class-stack').forEach((stack) => stack.classList.toggle('hovering', found));
+};
+element.addEventListener('mouseover', (event) => show(event.target.closest('tr[data-class]')));
+element.addEventListener('mouseleave', () => show(null));
+"""
+LEGEND_CSS = """
+.class-stack img { display: block; width: 100%; height: auto; }
+.class-stack img.mask { position: absolute; left: 0; top: 0; opacity: 0; transition: opacity 0.12s; }
+.class-stack img.mask.shown { opacity: 0.85; }
+.class-stack.hovering img.photo { filter: grayscale(0.8) brightness(0.7); }
+tr[data-class] { cursor: default; }
 """
 
 
@@ -203,13 +237,25 @@ class DemoApp:
     # -- segmentation -------------------------------------------------------------------------
 
     def _prune_downloads(self) -> None:
-        cutoff = time.time() - DOWNLOAD_TTL_SECONDS
-        for path in self.downloads.glob("labels-*.png"):
-            try:
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
-            except OSError:
-                pass
+        now = time.time()
+        for pattern, ttl in (("labels-*.png", DOWNLOAD_TTL_SECONDS), ("view-*.png", PICTURE_TTL_SECONDS)):
+            for path in self.downloads.glob(pattern):
+                try:
+                    if path.stat().st_mtime < now - ttl:
+                        path.unlink()
+                except OSError:
+                    pass
+
+    def picture(self, array: np.ndarray | Image.Image) -> str:
+        """Write a panel picture as a PNG at zlib level 1 and return its path.
+
+        Handing Gradio an array makes it encode the PNG itself at zlib's default level 6, which
+        for a 480×360 photo-like picture is about four times slower for a file only ~10% smaller.
+        """
+        path = self.downloads / f"view-{uuid.uuid4().hex[:16]}.png"
+        image = array if isinstance(array, Image.Image) else Image.fromarray(array)
+        image.save(path, format="PNG", compress_level=1)
+        return str(path)
 
     def run_network(self, image, model_name: str | None) -> demo.DemoResult:
         """Load the input (readable errors) and run the network once, caching every activation."""
@@ -238,7 +284,7 @@ class DemoApp:
         views = (
             *self.segmentation_views(result, opacity),
             self.features(result, reduction, scaling, colormap, top_k),
-            gr.Dropdown(choices=blocks, value=crp_block),
+            gr.update(choices=blocks, value=crp_block),
             *self.crp(result, crp_block, reduction, scaling, colormap),
             None, None, "Choose a path to switch off.", "none",
             demo.render_architecture(result),
@@ -255,10 +301,9 @@ class DemoApp:
 
     def segmentation_views(self, result: demo.DemoResult, opacity: float):
         return (
-            demo.render_overlay(result, opacity),
-            gr.AnnotatedImage(value=demo.render_annotations(result), color_map=demo.colour_map_of(result)),
+            self.picture(demo.render_overlay(result, opacity)),
             demo.render_legend(result),
-            demo.render_confidence(result),
+            self.picture(demo.render_confidence(result)),
             str(result.label_png),
         )
 
@@ -273,7 +318,7 @@ class DemoApp:
 
     def overlay(self, result, opacity):
         """Re-blend the label colours at a new opacity (no network run)."""
-        return demo.render_overlay(self._cached(result), opacity)
+        return self.picture(demo.render_overlay(self._cached(result), opacity))
 
     def features(self, result, reduction, scaling, colormap, top_k):
         """RefineNet-4 … RefineNet-1 outputs with a reduction and scaling (no network run)."""
@@ -283,9 +328,10 @@ class DemoApp:
         k = int(top_k or 1)
         if not 1 <= k <= 16:
             raise user_error("top-k must be between 1 and 16.")
-        items = demo.render_stages(result, reduction, scaling, colormap, k)
+        items = [(self.picture(picture), caption)
+                 for picture, caption in demo.render_stages(result, reduction, scaling, colormap, k)]
         columns = k if reduction == "topk" else len(result.blocks)
-        return gr.Gallery(value=items, columns=columns)
+        return gr.update(value=items, columns=columns)
 
     def crp(self, result, block, reduction, scaling, colormap):
         """Chained residual pooling of one block: input, branches, running sums (no network run)."""
@@ -296,8 +342,9 @@ class DemoApp:
         reduction, scaling = _option(reduction, REDUCTIONS, "reduction"), _option(scaling, SCALINGS, "scaling")
         colormap = _option(colormap, {c: c for c in COLORMAPS}, "colour map")
         items = demo.render_crp(result, block, reduction, scaling, colormap)
+        items = [(self.picture(picture), caption) for picture, caption in items]
         stages = len(result.block(block).crp_branches)
-        return gr.Gallery(value=items, columns=stages + 1), demo.crp_context_markdown(result, block)
+        return gr.update(value=items, columns=stages + 1), demo.crp_context_markdown(result, block)
 
     def ablate(self, result, path, opacity):
         """Switch off one backbone path (1/4, 1/8, 1/16, 1/32) and show what changed."""
@@ -313,7 +360,8 @@ class DemoApp:
         if stride not in result.ablations:
             result.ablations[stride] = network_ablated_labels(result.model_id, result.work_image, stride)
         view = demo.ablation_view(result, stride, opacity)
-        return view.overlay, view.changes, view.summary, demo.render_architecture(result, ablated_stride=stride)
+        return (self.picture(view.overlay), self.picture(view.changes), view.summary,
+                demo.render_architecture(result, ablated_stride=stride))
 
 
 def user_error(message: str, title: str = "Error") -> gr.Error:
@@ -396,14 +444,12 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                 opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="Label opacity")
                 timing = gr.Markdown(elem_id="timing")
                 with gr.Row():
-                    legend = gr.HTML(label="Classes and their share of the pixels", elem_id="legend")
+                    legend = gr.HTML(label="Classes and their share of the pixels (hover a class to see it)",
+                                     elem_id="legend", js_on_load=LEGEND_JS, css_template=LEGEND_CSS)
                     confidence = gr.Image(label="Confidence (max softmax)", format="png", interactive=False,
                                           elem_id="confidence")
-                with gr.Row():
-                    annotated = gr.AnnotatedImage(label="Hover a class to highlight it", format="png",
-                                                  elem_id="annotated")
-                    download = gr.File(label="Label map (lossless palette PNG: pixel value = class index)",
-                                       interactive=False, elem_id="label-png")
+                download = gr.File(label="Label map (lossless palette PNG: pixel value = class index)",
+                                   interactive=False, elem_id="label-png")
 
         gr.Markdown("## Inside RefineNet: RefineNet-4 → RefineNet-1")
         gr.Markdown(STAGES_HELP)
@@ -446,7 +492,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         state = gr.State(None, time_to_live=STATE_TTL_SECONDS)
 
         view_inputs = [opacity, reduction, scaling, colormap, top_k, crp_block]
-        outputs = [state, overlay, annotated, legend, confidence, download, stages, crp_block, crp, crp_context,
+        outputs = [state, overlay, legend, confidence, download, stages, crp_block, crp, crp_context,
                    ablated, changes, ablation_summary, path, architecture, timing]
         network_options = dict(concurrency_limit=app_concurrency(), concurrency_id="network")
         segment_button.click(app.segment, [image, model, *view_inputs], outputs, api_name="segment",

@@ -11,7 +11,9 @@ network; its answers are cached per path as well.
 
 from __future__ import annotations
 
+import base64
 import ctypes
+import io
 import threading
 import time
 import uuid
@@ -34,6 +36,7 @@ from .visualize import (
     apply_colormap,
     architecture_svg,
     change_mask,
+    class_mask_image,
     class_shares,
     fit_within,
     label_map_to_png,
@@ -41,16 +44,15 @@ from .visualize import (
     reduce_feature_maps,
     render_change_map,
     resize_nearest,
-    upsample_nearest,
 )
 
 # Long side of the pictures sent to the browser. The label map download keeps the full size.
 DISPLAY_MAX_SIDE = 960
-# AnnotatedImage sends one mask image per class present, so it gets a smaller picture.
+# The legend carries the photo and one mask per class present inside its HTML: a smaller picture.
 ANNOTATION_MAX_SIDE = 640
 # Activations are cached in half precision: the pictures are 8-bit, and it halves the memory a
 # session holds (about 70 MB for a 256-channel MobileNetV2 RefineNet at 480 x 360).
-CACHE_DTYPE = np.float16
+CACHE_DTYPE = torch.float16
 
 
 @dataclass
@@ -101,8 +103,9 @@ class DemoResult:
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    """First item of a batch tensor as a contiguous float16 array."""
-    return np.ascontiguousarray(t[0].detach().to("cpu", torch.float32).numpy().astype(CACHE_DTYPE))
+    """First item of a batch tensor as a contiguous float16 array (converted by torch, whose
+    vectorised half-precision cast is many times faster than numpy's)."""
+    return t[0].detach().to("cpu", CACHE_DTYPE).contiguous().numpy()
 
 
 def _resize_rgb(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -265,13 +268,13 @@ def render_overlay(result: DemoResult, opacity: float) -> np.ndarray:
 
 
 def render_annotations(result: DemoResult) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
-    """``(image, [(mask, class name), ...])`` for an annotated-image view: one mask per class
-    present, largest share first, so hovering a legend entry highlights that class."""
+    """``(image, [(mask, class name), ...])``: the photo (long side at most
+    ``ANNOTATION_MAX_SIDE``) and one boolean mask per class present, largest share first."""
     size = fit_within(result.display_labels.shape, ANNOTATION_MAX_SIDE)
     labels = resize_nearest(result.display_labels, size)
     image = np.asarray(_resize_rgb(Image.fromarray(result.display_image), size))
     present = [int(c) for c in np.argsort(-result.shares) if result.shares[c] > 0]
-    return image, [((labels == c).astype(np.float32), result.class_names[c]) for c in present]
+    return image, [(labels == c, result.class_names[c]) for c in present]
 
 
 def colour_map_of(result: DemoResult) -> dict[str, str]:
@@ -279,17 +282,39 @@ def colour_map_of(result: DemoResult) -> dict[str, str]:
     return {name: "#{:02x}{:02x}{:02x}".format(*result.palette[i]) for i, name in enumerate(result.class_names)}
 
 
+def _data_uri(image: Image.Image, format: str, **options) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    mime = "jpeg" if format == "JPEG" else format.lower()
+    return f"data:image/{mime};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def render_legend(result: DemoResult) -> str:
-    """HTML legend of the model's full palette with a bar for each class's pixel share."""
+    """HTML: the photo with one hidden mask per class present, over a legend of the model's full
+    palette with a bar for each class's pixel share.
+
+    Rows and masks carry the class index (``data-class``), so the page can show a class's mask
+    while its row is hovered (the app's script does). The pictures travel inside the HTML as data
+    URIs: the photo as a JPEG, each mask as a two-colour palette PNG of a few kilobytes
+    (:func:`~refinenet.visualize.class_mask_image`), cheaper to make than any other way of
+    sending see-through coloured masks.
+    """
     colours = colour_map_of(result)
+    image, masks = render_annotations(result)
+    index = {name: i for i, name in enumerate(result.class_names)}
+    layers = [f'<img class="photo" alt="your photo" src="{_data_uri(Image.fromarray(image), "JPEG", quality=88)}">']
+    for mask, name in masks:
+        picture = class_mask_image(mask, result.palette[index[name]])
+        layers.append(f'<img class="mask" data-class="{index[name]}" alt="pixels labelled {escape(name)}" '
+                      f'src="{_data_uri(picture, "PNG", compress_level=1)}">')
     rows = []
-    for index in sorted(range(result.num_classes), key=lambda i: (-result.shares[i], i)):
-        name = result.class_names[index]
-        share = float(result.shares[index])
+    for i in sorted(range(result.num_classes), key=lambda i: (-result.shares[i], i)):
+        name = result.class_names[i]
+        share = float(result.shares[i])
         weight = "600" if share > 0 else "400"
         opacity = "1" if share > 0 else "0.55"
         rows.append(
-            f'<tr style="opacity:{opacity}"><td style="padding:2px 6px;white-space:nowrap">'
+            f'<tr data-class="{i}" style="opacity:{opacity}"><td style="padding:2px 6px;white-space:nowrap">'
             f'<span style="display:inline-block;width:14px;height:14px;border-radius:3px;vertical-align:middle;'
             f'background:{colours[name]};border:1px solid #0003"></span> '
             f'<span style="font-weight:{weight}">{escape(name)}</span></td>'
@@ -298,7 +323,9 @@ def render_legend(result: DemoResult) -> str:
             f'<td style="padding:2px 6px;text-align:right;font-variant-numeric:tabular-nums">{100 * share:.1f}%</td>'
             "</tr>"
         )
-    return ('<div class="refinenet-legend"><table style="width:100%;border-collapse:collapse;font-size:13px">'
+    return ('<div class="refinenet-legend">'
+            f'<div class="class-stack" style="position:relative">{"".join(layers)}</div>'
+            '<table style="width:100%;border-collapse:collapse;font-size:13px">'
             '<thead><tr><th style="text-align:left;padding:2px 6px">class</th>'
             '<th style="text-align:left;padding:2px 6px">share of pixels</th><th></th></tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table></div>")
@@ -327,15 +354,6 @@ def timing_markdown(result: DemoResult, render_seconds: float | None = None) -> 
 # Inside the network
 
 
-def _display_factor(stride: int, size: tuple[int, int], max_side: int = DISPLAY_MAX_SIDE) -> int:
-    """Integer nearest-neighbour factor for a map at ``stride``: one cell becomes ``stride``
-    pixels (the network input's scale), reduced if that would exceed ``max_side``."""
-    factor = stride
-    while factor > 1 and max(size) * factor > max_side:
-        factor //= 2
-    return max(1, factor)
-
-
 def _shape_text(array: np.ndarray) -> str:
     return "×".join(str(int(d)) for d in array.shape)
 
@@ -343,18 +361,20 @@ def _shape_text(array: np.ndarray) -> str:
 def render_stages(result: DemoResult, reduction: str = "pca", scaling: str = "per-map",
                   colormap: str = "viridis", k: int = 4) -> list[tuple[np.ndarray, str]]:
     """The outputs of RefineNet-4 ... RefineNet-1 (deep to shallow) as pictures with captions
-    naming the stride and the ``C×H×W`` shape; each map is enlarged by nearest neighbour so
-    that one cell of a stride-32 map is a visible 32-pixel square."""
+    naming the stride and the ``C×H×W`` shape.
+
+    Each picture has one pixel per cell of its map (RefineNet-4 on a 480×360 input: 15×12):
+    the app enlarges them in the browser without smoothing (CSS ``image-rendering: pixelated``),
+    so a cell of a stride-32 map shows as a flat square, and the pictures cost next to nothing
+    to encode and send.
+    """
     maps = [b.output for b in result.blocks]
     if reduction == "topk":  # k pictures per block: short captions, the grid's rows are the blocks
         captions = [b.name for b in result.blocks]
     else:
         captions = [f"{b.name} · stride {b.stride} · {_shape_text(b.output)}" for b in result.blocks]
     reduced = reduce_feature_maps(maps, captions, reduction, scaling, colormap, k)
-    per_block = [min(k, b.output.shape[0]) if reduction == "topk" else 1 for b in result.blocks]
-    strides = [b.stride for b, n in zip(result.blocks, per_block, strict=True) for _ in range(n)]
-    return [(upsample_nearest(item.rgb, _display_factor(stride, item.rgb.shape[:2])), item.caption)
-            for item, stride in zip(reduced, strides, strict=True)]
+    return [(item.rgb, item.caption) for item in reduced]
 
 
 def context_cells(stages: int, pool_size: int = 5) -> list[int]:
@@ -378,9 +398,9 @@ def render_crp(result: DemoResult, block_name: str, reduction: str = "pca", scal
     captions += [f"branch {i + 1} · {c}×{c} cells" for i, c in enumerate(cells)]
     captions += [f"sum after stage {i + 1}" for i in range(stages)]
     captions = [c + " · all zero" if not np.any(m) else c for c, m in zip(captions, maps, strict=True)]
-    reduced = reduce_feature_maps(maps, captions, reduction, scaling, colormap, k=1)
-    pictures = [(upsample_nearest(item.rgb, _display_factor(block.stride, item.rgb.shape[:2])), item.caption)
-                for item in reduced]
+    # One feature space (the sums add the branches to the input): one PCA basis for all maps.
+    reduced = reduce_feature_maps(maps, captions, reduction, scaling, colormap, k=1, shared_basis=True)
+    pictures = [(item.rgb, item.caption) for item in reduced]  # one pixel per cell, as render_stages
     window = f"windows {cells[0] * block.stride}…{cells[-1] * block.stride} px"
     context = (render_context(result, block.stride, cells), window)
     return [pictures[0], *pictures[1:1 + stages], context, *pictures[1 + stages:]]

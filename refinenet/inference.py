@@ -36,7 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from .models import SegmentationOutput
-from .runtime import prepare_for_inference, select_device
+from .runtime import fast_path, select_device
 from .visualize import palette_array
 
 # 120 M pixels admits the largest phone-camera photos (108 MP, 12000 x 9000) and refuses
@@ -330,7 +330,9 @@ class Segmenter:
     upsampled to the working size, un-mirrored and averaged, then the argmax is taken.
     ``max_pixels``: the hard pixel limit used when loading images.
 
-    The model is moved to ``device``, put in eval mode and in channels-last format (in place).
+    The network runs through :func:`refinenet.runtime.fast_path`: an optimised copy on ``device``
+    (channels-last, batch norm folded, separable CRP pools; bf16 autocast on CUDA), exact to
+    about 1e-6 in fp32 on the CPU. The model passed in is left as it is.
     """
 
     def __init__(
@@ -349,7 +351,7 @@ class Segmenter:
             raise ValueError("label maps are uint8: at most 256 classes are supported")
         self.config = config
         self.device = select_device(device)
-        self.model = prepare_for_inference(model, self.device)
+        self.model = fast_path(model, self.device)
         self.dtype = next(self.model.parameters()).dtype
         if max_side is None:
             max_side = max(DEFAULT_MAX_SIDE, int(config.input_size))

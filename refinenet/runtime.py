@@ -143,14 +143,19 @@ def fold_batch_norms(model: nn.Module) -> list[tuple[str, str]]:
     """
     if model.training:
         raise ValueError("fold_batch_norms needs a model in eval mode (training BN uses batch statistics)")
-    pairs = _conv_bn_pairs(model, "")
-    modules = dict(model.named_modules())
-    for conv_name, bn_name in pairs:
+    # A module registered under two names (a wrapper that also exposes ``backbone``) is traced
+    # under both: look every name up, and fold each conv only once.
+    modules = dict(model.named_modules(remove_duplicate=False))
+    folded, seen = [], set()
+    for conv_name, bn_name in _conv_bn_pairs(model, ""):
         conv, bn = modules[conv_name], modules[bn_name]
-        fused = fuse_conv_bn_eval(conv, bn)
-        _set_submodule(model, conv_name, fused)
+        if id(conv) in seen:
+            continue
+        seen.add(id(conv))
+        _set_submodule(model, conv_name, fuse_conv_bn_eval(conv, bn))
         _set_submodule(model, bn_name, nn.Identity())
-    return pairs
+        folded.append((conv_name, bn_name))
+    return folded
 
 
 def _conv_bn_pairs(module: nn.Module, prefix: str) -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from refinenet import demo
 from refinenet.inference import Segmenter
-from refinenet.visualize import fit_within
+from refinenet.visualize import fit_within, resize_nearest
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -47,8 +47,12 @@ class CountingModel(torch.nn.Module):
 def counted(tiny_model):
     model = copy.deepcopy(tiny_model)
     model.config = dataclasses.replace(model.config, class_names=CLASSES, palette=PALETTE, input_size=160)
-    wrapper = CountingModel(model)
-    return wrapper, Segmenter(wrapper, device="cpu", max_side=160)
+    segmenter = Segmenter(CountingModel(model), device="cpu", max_side=160)
+    # The Segmenter runs an optimised copy (runtime.fast_path): count the calls of that copy,
+    # from zero (finding the conv -> BN pairs traced its forward once, symbolically).
+    copy_ = segmenter.model.model
+    copy_.calls = 0
+    return copy_, segmenter
 
 
 @pytest.fixture
@@ -120,10 +124,8 @@ def test_stage_pictures_keep_the_grid_visible(cached):
         "RefineNet-4 · stride 32 · 32×4×5", "RefineNet-3 · stride 16 · 16×8×10",
         "RefineNet-2 · stride 8 · 16×15×20", "RefineNet-1 · stride 4 · 16×30×40",
     ]
-    deep = items[0][0]
-    assert deep.shape == (128, 160, 3)  # 4 x 5 cells of 32 px each
-    cell = deep[:32, :32].reshape(-1, 3)
-    assert (cell == cell[0]).all()  # one cell = one flat 32 x 32 square (nearest, not smoothed)
+    # One pixel per cell, at every depth (the browser enlarges them without smoothing).
+    assert [picture.shape for picture, _ in items] == [(4, 5, 3), (8, 10, 3), (15, 20, 3), (30, 40, 3)]
     topk = demo.render_stages(cached, "topk", "shared", "viridis", k=2)
     assert len(topk) == 8 and topk[1][1].startswith("RefineNet-4 · channel ") and topk[1][1].endswith("(#2)")
 
@@ -160,6 +162,28 @@ def test_legend_lists_every_class_with_its_colour_and_share(cached):
     present = {CLASSES[i] for i in np.flatnonzero(cached.shares)}
     assert {label for _, label in annotations} == present
     assert sum(mask.sum() for mask, _ in annotations) == image.shape[0] * image.shape[1]
+
+
+def test_legend_carries_one_see_through_mask_per_class_present(cached):
+    """Hovering a legend row shows a mask: each present class has one, tagged with its index,
+    in its palette colour where that class was predicted and transparent elsewhere."""
+    import base64
+    import io
+    import re
+
+    html = demo.render_legend(cached)
+    masks = dict(re.findall(r'<img class="mask" data-class="(\d+)"[^>]*src="data:image/png;base64,([^"]+)"', html))
+    assert sorted(int(c) for c in masks) == sorted(int(c) for c in np.flatnonzero(cached.shares))
+    rows = set(re.findall(r'<tr data-class="(\d+)"', html))
+    assert rows == {str(i) for i in range(len(CLASSES))}  # every class of the palette has a row
+    image, _ = demo.render_annotations(cached)
+    labels = resize_nearest(cached.display_labels, image.shape[:2])
+    for cls, data in masks.items():
+        picture = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGBA")
+        rgba = np.asarray(picture)
+        shown = rgba[..., 3] > 0
+        assert np.array_equal(shown, labels == int(cls))
+        assert (rgba[shown][:, :3] == PALETTE[int(cls)]).all()
 
 
 def test_ablation_compares_like_with_like(counted, cached):

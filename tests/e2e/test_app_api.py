@@ -17,7 +17,7 @@ from .conftest import CAMVID_CLASSES, CAMVID_PALETTE, INPUT_SIZE, REPO
 pytestmark = pytest.mark.e2e
 
 EXAMPLE = REPO / "assets" / "synthetic-street-day.jpg"
-SEGMENT_FIELDS = ["overlay", "annotated", "legend", "confidence", "label_png", "stages", "crp_block", "crp",
+SEGMENT_FIELDS = ["overlay", "legend", "confidence", "label_png", "stages", "crp_block", "crp",
                   "crp_context", "ablated", "changes", "ablation_summary", "path", "architecture", "timing"]
 
 

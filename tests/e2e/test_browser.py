@@ -71,6 +71,15 @@ def test_upload_renders_every_panel(page, artifacts):
     assert crp[0].startswith("input") and crp[5].startswith("windows")
     wait_for_images(page, "#confidence", 1)
     assert page.locator("#legend tr").count() == 12  # header + 11 classes of the model's palette
+    # Hovering a class in the legend shows its mask over the photo (the largest class is first).
+    row = page.locator("#legend tbody tr").first
+    mask = page.locator(f'#legend img.mask[data-class="{row.get_attribute("data-class")}"]')
+    assert float(mask.evaluate("m => getComputedStyle(m).opacity")) == 0.0
+    row.hover()
+    page.wait_for_function("(m) => parseFloat(getComputedStyle(m).opacity) > 0.8", arg=mask.element_handle())
+    # Feature maps arrive with one pixel per cell and are enlarged without smoothing.
+    assert page.evaluate("() => getComputedStyle(document.querySelector('#stages img')).imageRendering") \
+        == "pixelated"
     assert page.locator("#architecture svg").count() == 1
     assert "RefineNet-4" in page.locator("#architecture").inner_text()
     overlay_size = page.evaluate("() => { const i = document.querySelector('#overlay img');"
