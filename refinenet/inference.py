@@ -535,9 +535,13 @@ def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
 
 
 def _features_to_cpu(output: SegmentationOutput, index: int) -> SegmentationOutput:
-    """The features of one image of a batch, as contiguous CPU tensors (ready for ``.numpy()``)."""
+    """The features of one image of a batch, as float32 CPU tensors (ready for ``.numpy()``).
+
+    They keep the network's channels-last strides: a copy into the default layout would cost
+    as much as the conversion a consumer makes anyway (the demo's float16 cache, for one).
+    """
     def take(t: torch.Tensor) -> torch.Tensor:
-        return t[index:index + 1].to("cpu").float().contiguous()
+        return t[index:index + 1].to("cpu").float()
 
     blocks = tuple(
         replace(

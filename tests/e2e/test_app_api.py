@@ -89,12 +89,15 @@ def test_segment_renders_every_panel(client):
 
 
 def test_view_endpoints_redraw_from_the_session_cache(client):
-    segment(client, EXAMPLE)
-    photo = np.asarray(Image.open(EXAMPLE).convert("RGB"))
-    plain = np.asarray(Image.open(client.predict(0.0, api_name="/overlay")).convert("RGB"))
-    assert np.array_equal(plain, photo)  # opacity 0: the photo itself
-    solid = np.asarray(Image.open(client.predict(1.0, api_name="/overlay")).convert("RGB"))
-    assert {tuple(c) for c in np.unique(solid.reshape(-1, 3), axis=0)} <= {tuple(c) for c in CAMVID_PALETTE}
+    labels = check_label_png(segment(client, EXAMPLE)["label_png"], Image.open(EXAMPLE).size)
+    photo = np.asarray(Image.open(EXAMPLE).convert("RGB"), dtype=np.int16)
+    # The overlay is a JPEG (quality 90, no chroma subsampling): equal up to its small error.
+    plain = np.asarray(Image.open(client.predict(0.0, api_name="/overlay")).convert("RGB"), dtype=np.int16)
+    assert np.abs(plain - photo).mean() < 3  # opacity 0: the photo itself
+    solid = np.asarray(Image.open(client.predict(1.0, api_name="/overlay")).convert("RGB"), dtype=np.int16)
+    painted = np.asarray(CAMVID_PALETTE, dtype=np.int16)[labels]  # opacity 1: the class colours
+    assert np.abs(solid - painted).mean() < 3
+    assert np.mean(np.abs(solid - painted).max(axis=-1) > 40) < 0.02  # off only along class edges
     for reduction in ("pca", "l2", "mean"):
         for scaling in ("per-map", "shared"):
             stages = items(client.predict(reduction, scaling, "magma", 4, api_name="/features"))
@@ -193,8 +196,9 @@ def test_odd_images_are_segmented(client, tmp_path, mode, size):
     check_label_png(out["label_png"], size)
     assert Image.open(out["overlay"]).size == size
     if mode == "RGBA":  # transparent pixels are composited on white, as a browser shows them
-        plain = np.asarray(Image.open(client.predict(0.0, api_name="/overlay")).convert("RGB"))
-        assert tuple(plain[0, -1]) == (255, 255, 255) and tuple(plain[0, 0]) == (255, 0, 0)
+        plain = np.asarray(Image.open(client.predict(0.0, api_name="/overlay")).convert("RGB"), dtype=np.int16)
+        # (a JPEG: colours within its small error, away from the red/white edge)
+        assert np.abs(plain[0, -1] - (255, 255, 255)).max() <= 4 and np.abs(plain[0, 0] - (255, 0, 0)).max() <= 4
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # reading back our own label map
