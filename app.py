@@ -36,6 +36,10 @@ MODEL_ENV = "REFINENET_APP_MODEL"
 DEVICE_ENV = "REFINENET_APP_DEVICE"
 # Sessions keep their cached activations this long after their last segmentation.
 STATE_TTL_SECONDS = 15 * 60
+# After a photo larger than this, freed memory is handed back to the system (demo.release_memory):
+# its full-size label map and confidence took hundreds of megabytes. After an everyday photo
+# the next request reuses the same memory, and trimming it would cost ~40 ms of page faults.
+TRIM_AFTER_PIXELS = 4_000_000
 # Label-map PNGs written for download are removed after this long.
 DOWNLOAD_TTL_SECONDS = 60 * 60
 # Pictures for the panels are written by the app (see DemoApp.picture); Gradio copies each into
@@ -238,6 +242,13 @@ class DemoApp:
                   f"loaded in {time.perf_counter() - tick:.1f} s).")
         return gr.Dropdown(choices=self.model_choices(), value=name), status
 
+    def layout_for(self, name: str):
+        """The CRP block choices and the galleries' column counts for a newly selected model."""
+        config = self.segmenter_for(name)[1].config
+        names = config.block_names
+        return (gr.update(choices=names, value=default_crp_block(names)), gr.update(columns=len(names)),
+                gr.update(columns=config.crp_stages + 1))
+
     # -- segmentation -------------------------------------------------------------------------
 
     def _prune_downloads(self) -> None:
@@ -287,16 +298,20 @@ class DemoApp:
         tick = time.perf_counter()
         blocks = [b.name for b in result.blocks]
         crp_block = crp_block if crp_block in blocks else default_crp_block(blocks)
+        # Plain values, not gr.update(...): an update makes Gradio rebuild the component and its
+        # API schema for the session (~7 ms each). The galleries' column counts and the block
+        # choices are set by the events that change them (view options, loading a model).
+        stages = self.feature_items(result, reduction, scaling, colormap, top_k)[0]
+        crp, _, crp_context = self.crp_items(result, crp_block, reduction, scaling, colormap)
         views = (
             *self.segmentation_views(result, opacity),
-            self.features(result, reduction, scaling, colormap, top_k),
-            gr.update(choices=blocks, value=crp_block),
-            *self.crp(result, crp_block, reduction, scaling, colormap),
+            stages, crp_block, crp, crp_context,
             None, None, "Choose a path to switch off.", "none",
             demo.render_architecture(result),
         )
         timing = demo.timing_markdown(result, time.perf_counter() - tick)
-        demo.release_memory()
+        if result.original_size[0] * result.original_size[1] > TRIM_AFTER_PIXELS:
+            demo.release_memory()
         return (result, *views, timing)
 
     def segment_on_change(self, image, *args):
@@ -328,7 +343,11 @@ class DemoApp:
 
     def features(self, result, reduction, scaling, colormap, top_k):
         """RefineNet-4 … RefineNet-1 outputs with a reduction and scaling (no network run)."""
-        result = self._cached(result)
+        items, columns = self.feature_items(self._cached(result), reduction, scaling, colormap, top_k)
+        return gr.update(value=items, columns=columns)
+
+    def feature_items(self, result: demo.DemoResult, reduction, scaling, colormap, top_k):
+        """The block-output gallery's pictures and its column count (one row per block with top-k)."""
         reduction, scaling = _option(reduction, REDUCTIONS, "reduction"), _option(scaling, SCALINGS, "scaling")
         colormap = _option(colormap, {c: c for c in COLORMAPS}, "colour map")
         k = int(top_k or 1)
@@ -336,12 +355,15 @@ class DemoApp:
             raise user_error("top-k must be between 1 and 16.")
         items = [(self.picture(picture), caption)
                  for picture, caption in demo.render_stages(result, reduction, scaling, colormap, k)]
-        columns = k if reduction == "topk" else len(result.blocks)
-        return gr.update(value=items, columns=columns)
+        return items, (k if reduction == "topk" else len(result.blocks))
 
     def crp(self, result, block, reduction, scaling, colormap):
         """Chained residual pooling of one block: input, branches, running sums (no network run)."""
-        result = self._cached(result)
+        items, columns, context = self.crp_items(self._cached(result), block, reduction, scaling, colormap)
+        return gr.update(value=items, columns=columns), context
+
+    def crp_items(self, result: demo.DemoResult, block, reduction, scaling, colormap):
+        """The CRP gallery's pictures, its column count (input + one per stage) and the context text."""
         names = [b.name for b in result.blocks]
         if block not in names:
             raise user_error(f"No block named {block!r}; this model has {', '.join(names)}.")
@@ -350,8 +372,8 @@ class DemoApp:
         items = demo.render_crp(result, block, reduction, scaling, colormap)
         # Every picture is a small map with one pixel per cell, except the photo with the windows.
         items = [(self.picture(picture, photo=caption.startswith("windows")), caption) for picture, caption in items]
-        stages = len(result.block(block).crp_branches)
-        return gr.update(value=items, columns=stages + 1), demo.crp_context_markdown(result, block)
+        columns = len(result.block(block).crp_branches) + 1
+        return items, columns, demo.crp_context_markdown(result, block)
 
     def ablate(self, result, path, opacity):
         """Switch off one backbone path (1/4, 1/8, 1/16, 1/32) and show what changed."""
@@ -400,8 +422,9 @@ APP: DemoApp | None = None
 def network_run(image, model_name: str | None) -> demo.DemoResult:
     try:
         return APP.run_network(image, model_name)
-    finally:
-        demo.release_memory()
+    except BaseException:
+        demo.release_memory()  # a failed request may have left large blocks behind
+        raise
 
 
 @network
@@ -411,8 +434,6 @@ def network_ablated_labels(model_name: str, work_image, stride: int):
         return demo.ablated_labels(segmenter, work_image, stride)
     except (RuntimeError, ValueError) as error:
         raise user_error(f"The ablation failed: {error}") from error
-    finally:
-        demo.release_memory()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,20 +486,23 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             scaling = gr.Radio(scaling_choices, value="per-map", label="Scaling")
             colormap = gr.Dropdown(list(COLORMAPS), value="viridis", label="Colour map (perceptually uniform)")
             top_k = gr.Slider(1, 8, value=4, step=1, label="k for top-k channels")
-        stages = gr.Gallery(label="Block outputs, deep to shallow", columns=4, format="png",
+        default_config = app.models.get(app.default_model).config
+        stages = gr.Gallery(label="Block outputs, deep to shallow", columns=len(default_config.block_names),
+                            format="png",
                             object_fit="contain", elem_id="stages")
 
         gr.Markdown("## Chained residual pooling")
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
                 gr.Markdown(CRP_HELP)
-                block_names = app.models.get(app.default_model).config.block_names
+                block_names = default_config.block_names
                 crp_block = gr.Dropdown(choices=block_names, value=default_crp_block(block_names), label="Block",
                                         elem_id="crp-block")
                 crp_context = gr.Markdown()
             with gr.Column(scale=3):
                 crp = gr.Gallery(label="CRP: input and branches (top), windows and running sums (bottom)",
-                                 columns=5, format="png", object_fit="contain", elem_id="crp")
+                                 columns=default_config.crp_stages + 1, format="png", object_fit="contain",
+                                 elem_id="crp")
 
         gr.Markdown("## Path ablation")
         with gr.Row():
@@ -518,9 +542,11 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             control.input(app.crp, crp_inputs, [crp, crp_context], api_visibility="private")
         path.input(app.ablate, [state, path, opacity], [ablated, changes, ablation_summary, architecture],
                    api_name="ablate", **network_options)
+        layout_outputs = [crp_block, stages, crp]
         load_button.click(app.load_model, custom, [model, model_status], api_name="load_model",
-                          **network_options)
-        model.input(app.load_model, model, [model, model_status], api_visibility="private", **network_options)
+                          **network_options).success(app.layout_for, model, layout_outputs, api_visibility="private")
+        model.input(app.load_model, model, [model, model_status], api_visibility="private",
+                    **network_options).success(app.layout_for, model, layout_outputs, api_visibility="private")
     return blocks
 
 

@@ -481,9 +481,10 @@ def measure_app(args, device: torch.device) -> dict:
 
         segmenter.model.forward = forward
 
+        state = SessionState(blocks)  # one browser session: its first request is a warm-up
+
         def run() -> tuple[float, float, dict, dict]:
             network_clock["s"] = 0.0
-            state = SessionState(blocks)
             start, wall = CLOCK["now"](), time.perf_counter()
             response = loop.run_until_complete(blocks.process_api(segment_fn, list(inputs), state=state))
             end, wall_end = CLOCK["now"](), time.perf_counter()
@@ -779,7 +780,8 @@ def markdown(result: dict) -> str:
                 f"(`Blocks.process_api`: upload preprocessing, the handler, postprocessing of every output, pictures "
                 f"written into Gradio's cache; only the HTTP transfer is left out) on {app['image']}, model: "
                 f"{app['model']['weights']}, network run as `{app['segmenter_model_class']}`. Median of "
-                f"{app['repeats']} runs after warm-up. Overhead = end to end - network: loading and resizing the "
+                f"{app['repeats']} runs of one session after its first request. Overhead = end to end - network: "
+                "loading and resizing the "
                 "image, post-processing the scores, caching the activations, rendering every panel and Gradio's "
                 f"output processing. Response: {app['response_json_bytes'] / 1024:.0f} KiB of JSON (the legend "
                 "carries its pictures inline) plus the picture files.",

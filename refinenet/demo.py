@@ -103,9 +103,11 @@ class DemoResult:
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    """First item of a batch tensor as a contiguous float16 array (converted by torch, whose
-    vectorised half-precision cast is many times faster than numpy's)."""
-    return t[0].detach().to("cpu", CACHE_DTYPE).contiguous().numpy()
+    """First item of a batch tensor as a ``C x H x W`` float16 array, converted by torch (whose
+    vectorised half-precision cast is many times faster than numpy's) and left in the network's
+    channels-last layout: a strided view, not a copy into C-major order. Only the maps a view
+    shows are ever reordered, and PCA wants one row per pixel anyway."""
+    return t[0].detach().to("cpu", CACHE_DTYPE).numpy()
 
 
 def _resize_rgb(image: Image.Image, size: tuple[int, int]) -> Image.Image:

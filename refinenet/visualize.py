@@ -185,7 +185,7 @@ def _as_chw(fmap: np.ndarray) -> np.ndarray:
     vectorised conversion is about ten times faster than numpy's."""
     fmap = np.asarray(fmap)
     if fmap.dtype == np.float16:
-        fmap = torch.from_numpy(np.ascontiguousarray(fmap)).float().numpy()
+        fmap = torch.from_numpy(fmap).float().numpy()  # any strides (the cache is channels-last)
     fmap = np.asarray(fmap, dtype=np.float32)
     if fmap.ndim == 4:
         if fmap.shape[0] != 1:
@@ -217,8 +217,8 @@ def top_channels(fmap: np.ndarray, k: int) -> np.ndarray:
     return order[: min(k, len(order))]
 
 
-def pca_basis(fmaps: Sequence[np.ndarray], components: int = 3, max_samples: int = 4096,
-              seed: int = 0, power_iterations: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def pca_basis(fmaps: Sequence[np.ndarray], components: int = 3, max_samples: int = 2048,
+              seed: int = 0, power_iterations: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Mean (``C``) and the top principal directions (``components x C``) of the pixel vectors.
 
     Every pixel of every map is one ``C``-dimensional sample (a random subset of ``max_samples``
@@ -234,22 +234,25 @@ def pca_basis(fmaps: Sequence[np.ndarray], components: int = 3, max_samples: int
     channels = {m.shape[0] for m in maps}
     if len(channels) != 1:
         raise ValueError(f"a shared PCA basis needs equal channel counts, got {sorted(channels)}")
-    pixels = torch.cat([torch.from_numpy(m.reshape(m.shape[0], -1)) for m in maps], dim=1)  # C x N
+    # One row per pixel: a free view of a channels-last map (the app's cache), a copy otherwise.
+    rows = [torch.from_numpy(m).permute(1, 2, 0).reshape(-1, m.shape[0]) for m in maps]
+    pixels = rows[0] if len(rows) == 1 else torch.cat(rows)  # N x C
     generator = torch.Generator().manual_seed(seed)
-    if pixels.shape[1] > max_samples:
-        pixels = pixels[:, torch.randperm(pixels.shape[1], generator=generator)[:max_samples]]
-    samples = pixels.T  # N x C
-    mean = samples.mean(dim=0)
-    centred = samples - mean
+    if len(pixels) > max_samples:
+        picks = torch.randperm(len(pixels), generator=generator)[:max_samples].sort().values
+        pixels = pixels.index_select(0, picks)
+    mean = pixels.mean(dim=0)
+    centred = (pixels - mean).contiguous()
     width = min(components + 5, *centred.shape)
     basis = torch.zeros(0, centred.shape[1])
     if width > 0:
         # Range finder: an orthonormal basis Q of (X X^T)^q X G approximates the leading left
         # singular space of X; the SVD of the small Q^T X then gives the right singular
         # vectors, i.e. the principal directions.
+        transposed = centred.T.contiguous()
         q = torch.linalg.qr(centred @ torch.randn(centred.shape[1], width, generator=generator)).Q
         for _ in range(power_iterations):
-            q = torch.linalg.qr(centred @ (centred.T @ q)).Q
+            q = torch.linalg.qr(centred @ (transposed @ q)).Q
         _, singular, directions = torch.linalg.svd(q.T @ centred, full_matrices=False)
         if singular[0] > 0:
             basis = directions[: min(components, int((singular > singular[0] * 1e-6).sum()))]
@@ -267,9 +270,11 @@ def pca_project(fmap: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.nda
     channels, height, width = fmap.shape
     basis_t = torch.from_numpy(np.asarray(basis, dtype=np.float32))
     mean_t = torch.from_numpy(np.asarray(mean, dtype=np.float32))
-    # One matrix product, k x C times C x (H W), and the mean's share subtracted after it.
-    projected = basis_t @ torch.from_numpy(fmap.reshape(channels, -1)) - (basis_t @ mean_t)[:, None]
-    return projected.reshape(len(basis_t), height, width).permute(1, 2, 0).numpy()
+    # One matrix product, (H W) x C times C x k, on one row per pixel (a free view of a
+    # channels-last map), and the mean's share subtracted after it.
+    rows = torch.from_numpy(fmap).permute(1, 2, 0).reshape(-1, channels)
+    projected = rows @ basis_t.T - basis_t @ mean_t
+    return projected.reshape(height, width, len(basis_t)).numpy()
 
 
 def value_range(arrays: Sequence[np.ndarray], low: float = 1.0, high: float = 99.0) -> tuple[float, float]:

@@ -31,7 +31,7 @@ def test_a_hub_repo_id_is_downloaded_and_used(app_model_folder, tmp_path):
             example = REPO / "assets" / "synthetic-street-day.jpg"
             out = client.predict(handle_file(str(example)), "lab/tiny-camvid", api_name="/segment")
             assert "model `lab/tiny-camvid`" in out[-1]
-            assert Image.open(out[4]).size == Image.open(example).size
+            assert Image.open(out[3]).size == Image.open(example).size  # the label-map PNG
 
             with pytest.raises(AppError) as missing:
                 client.predict("lab/not-there", api_name="/load_model")
