@@ -209,7 +209,8 @@ def main() -> int:
         "Training": "\n".join(training),
         "Data": profile["data_text"],
     }
-    save_pretrained(state, out, model.config, title=model.config.description.split(",")[0] or args.id,
+    title = model.config.description.split(", trained")[0].rstrip(".") or args.id  # "<model> on <backbone>"
+    save_pretrained(state, out, model.config, title=title,
                     metrics=metrics, license_name=profile["license"], license_text=profile["license_text"],
                     card_sections=sections)
     digest = hash_folder(out)
