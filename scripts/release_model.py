@@ -203,7 +203,8 @@ def main() -> int:
         if vals:
             training += ["", f"The same recipe {profile['trainonly']} reaches a validation mIoU of "
                              f"{vals[-1]['val_mIoU']:.2f} after {vals[-1]['epoch']} epochs "
-                             f"(`{args.trainonly_log.as_posix()}`)."]
+                             f"(`refinenet train configs/{args.trainonly_log.parent.name}.yaml`; the run's "
+                             "log.jsonl holds the validation mIoU of every fifth epoch)."]
     sections = {
         profile["results_title"]: profile["results_text"] + "\n\n" + per_class_table(single, multi),
         "Training": "\n".join(training),
