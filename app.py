@@ -103,6 +103,8 @@ neighbourhood: each stage max-pools (5×5) the *previous stage's output* and con
 result is added to a running sum. Pooling a pooled map widens the window: stage 1 sees 5×5 cells,
 stage 2 9×9, stage 3 13×13, stage 4 17×17, drawn to scale on the photo. Top row: the input and
 each stage's branch; bottom row: the pooling windows, then the running sum after each stage.
+With *PCA to RGB* the nine maps share one colour basis (the sums add the branches to the input,
+so they live in one feature space): the same colour means the same feature in every picture.
 """
 
 ABLATION_HELP = """
