@@ -204,7 +204,7 @@ def main() -> int:
             training += ["", f"The same recipe {profile['trainonly']} reaches a validation mIoU of "
                              f"{vals[-1]['val_mIoU']:.2f} after {vals[-1]['epoch']} epochs "
                              f"(`refinenet train configs/{args.trainonly_log.parent.name}.yaml`; the run's "
-                             "log.jsonl holds the validation mIoU of every fifth epoch)."]
+                             "log.jsonl holds the validation mIoU of every fifth epoch and of the last)."]
     sections = {
         profile["results_title"]: profile["results_text"] + "\n\n" + per_class_table(single, multi),
         "Training": "\n".join(training),
