@@ -465,7 +465,8 @@ def measure_app(args, device: torch.device) -> dict:
         segment_fn = next(fn for fn in blocks.fns.values() if fn.api_name == "segment")
         state_block = segment_fn.outputs[0]  # the gr.State that keeps the DemoResult
         upload = {"path": str(image_path), "orig_name": image_path.name, "meta": {"_type": "gradio.FileData"}}
-        inputs = [upload, str(folder), 0.55, "pca", "per-map", "viridis", 4, None]  # the app's defaults
+        # The model and view options as a fresh page sends them: the components' initial values.
+        inputs = [upload, *(component.value for component in segment_fn.inputs[1:])]
         segmenter = demo_app.models.get(str(folder))
         loop = asyncio.new_event_loop()
 

@@ -269,14 +269,14 @@ def render_overlay(result: DemoResult, opacity: float) -> np.ndarray:
     return overlay(result.display_image, result.display_labels, result.palette, alpha=opacity)
 
 
-def render_annotations(result: DemoResult) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
-    """``(image, [(mask, class name), ...])``: the photo (long side at most
+def render_annotations(result: DemoResult) -> tuple[np.ndarray, list[tuple[np.ndarray, int]]]:
+    """``(image, [(mask, class index), ...])``: the photo (long side at most
     ``ANNOTATION_MAX_SIDE``) and one boolean mask per class present, largest share first."""
     size = fit_within(result.display_labels.shape, ANNOTATION_MAX_SIDE)
     labels = resize_nearest(result.display_labels, size)
     image = np.asarray(_resize_rgb(Image.fromarray(result.display_image), size))
     present = [int(c) for c in np.argsort(-result.shares) if result.shares[c] > 0]
-    return image, [(labels == c, result.class_names[c]) for c in present]
+    return image, [(labels == c, c) for c in present]
 
 
 def colour_map_of(result: DemoResult) -> dict[str, str]:
@@ -303,11 +303,10 @@ def render_legend(result: DemoResult) -> str:
     """
     colours = colour_map_of(result)
     image, masks = render_annotations(result)
-    index = {name: i for i, name in enumerate(result.class_names)}
     layers = [f'<img class="photo" alt="your photo" src="{_data_uri(Image.fromarray(image), "JPEG", quality=88)}">']
-    for mask, name in masks:
-        picture = class_mask_image(mask, result.palette[index[name]])
-        layers.append(f'<img class="mask" data-class="{index[name]}" alt="pixels labelled {escape(name)}" '
+    for mask, c in masks:
+        picture = class_mask_image(mask, result.palette[c])
+        layers.append(f'<img class="mask" data-class="{c}" alt="pixels labelled {escape(result.class_names[c])}" '
                       f'src="{_data_uri(picture, "PNG", compress_level=1)}">')
     rows = []
     for i in sorted(range(result.num_classes), key=lambda i: (-result.shares[i], i)):

@@ -129,18 +129,9 @@ def apply_colormap(values: np.ndarray, name: str = "viridis") -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Resampling for display: nearest neighbour, so that one cell of a stride-32 map stays a visible
-# 32 x 32 square instead of being smoothed into a false impression of detail.
+# Resampling for display: nearest neighbour, so that label maps keep exact class values and a
+# cell of a coarse map stays a flat square instead of being smoothed into false detail.
 # ---------------------------------------------------------------------------------------------
-
-
-def upsample_nearest(array: np.ndarray, factor: int) -> np.ndarray:
-    """Repeat every cell ``factor`` times along both spatial axes (``H x W`` or ``H x W x C``)."""
-    if factor < 1:
-        raise ValueError(f"the upsampling factor must be a positive integer, not {factor}")
-    if factor == 1:
-        return np.asarray(array)
-    return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
 
 
 def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:

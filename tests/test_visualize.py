@@ -34,7 +34,6 @@ from refinenet.visualize import (
     resize_nearest,
     scale_maps,
     top_channels,
-    upsample_nearest,
     value_range,
 )
 
@@ -90,15 +89,6 @@ def test_apply_colormap_maps_ends_clips_and_treats_nan_as_zero():
 # ----------------------------------------------------------------------------- resampling
 
 
-def test_upsample_nearest_repeats_every_cell():
-    out = upsample_nearest(np.array([[1, 2], [3, 4]]), 2)
-    assert np.array_equal(out, [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]])
-    rgb = upsample_nearest(np.zeros((2, 3, 3), np.uint8), 4)
-    assert rgb.shape == (8, 12, 3)
-    with pytest.raises(ValueError):
-        upsample_nearest(np.zeros((2, 2)), 0)
-
-
 def test_resize_nearest_samples_cell_centres_and_keeps_label_values():
     grid = np.arange(16).reshape(4, 4)
     # Output cell centres at 0.5 and 1.5 of a 2-cell axis fall in input cells 1 and 3.
@@ -106,7 +96,7 @@ def test_resize_nearest_samples_cell_centres_and_keeps_label_values():
     labels = np.array([[0, 7], [3, 255]], dtype=np.uint8)
     big = resize_nearest(labels, (5, 7))
     assert big.shape == (5, 7) and set(np.unique(big)) == {0, 3, 7, 255}
-    assert np.array_equal(resize_nearest(labels, (4, 4)), upsample_nearest(labels, 2))
+    assert np.array_equal(resize_nearest(labels, (4, 4)), labels.repeat(2, axis=0).repeat(2, axis=1))
 
 
 def test_fit_within_scales_down_never_up():
