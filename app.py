@@ -67,17 +67,26 @@ except ImportError:
 INTRO = """
 # RefineNet: multi-path refinement, live
 
-Upload a street photo (or use your webcam, or paste from the clipboard). The network is
+Upload a photo (or use your webcam, or paste from the clipboard): people, animals, vehicles and
+rooms for the PASCAL VOC model, street scenes for the CamVid models. The network is
 **RefineNet** (Lin et al., CVPR 2017): a backbone shrinks the image to 1/32 of its size; deep
 features know *what* is in the picture, shallow ones know *where the edges are*. Four
 **RefineNet blocks** fuse them from the top down, **RefineNet-4** (deepest, 1/32) to
 **RefineNet-1** (1/4), and a classifier turns the result into one class per pixel.
 """
 
+# The example sets, each with the models it suits; every file and its licence is in assets/README.md.
+EXAMPLE_SETS = (
+    ("Everyday photos (public domain / CC0): for the PASCAL VOC model",
+     ("astronaut.jpg", "chelsea-the-cat.jpg")),
+    ("Synthetic street scenes: for the CamVid models", ("synthetic-street-day.jpg", "synthetic-street-dusk.jpg")),
+)
+
 EXAMPLES_NOTE = (
-    "**About the examples:** they are *synthetic* street scenes drawn by a script. No street "
-    "photograph with a licence to redistribute could be shipped (CamVid frames carry none), so for "
-    "real results **upload your own street photo** or use the webcam."
+    "**About the examples:** the everyday photos are a NASA portrait (public domain) and a cat "
+    "photographed by Stefan van der Walt (CC0). The street scenes are *synthetic*, drawn by a script: "
+    "no street photograph with a licence to redistribute could be shipped (CamVid frames carry none), "
+    "so for real street results **upload your own street photo** or use the webcam."
 )
 
 SEGMENTATION_HELP = """
@@ -455,9 +464,10 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                                  image_mode=None, height=360, elem_id="input-image")
                 image.preprocess = undecoded_upload
                 segment_button = gr.Button("Segment", variant="primary", elem_id="segment-button")
-                examples = sorted(str(p) for p in ASSETS.glob("synthetic-*.jpg"))
-                if examples:
-                    gr.Examples(examples=[[p] for p in examples], inputs=[image], label="Synthetic examples")
+                for label, names in EXAMPLE_SETS:
+                    examples = [[str(ASSETS / name)] for name in names if (ASSETS / name).is_file()]
+                    if examples:
+                        gr.Examples(examples=examples, inputs=[image], label=label)
                 gr.Markdown(EXAMPLES_NOTE)
                 with gr.Accordion("Model", open=True):
                     model = gr.Dropdown(choices=app.model_choices(), value=app.default_model, label="Model",
