@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
@@ -51,6 +52,9 @@ PICTURE_TTL_SECONDS = 5 * 60
 JPEG_QUALITY = 90
 # What a segmentation returns: the state, 13 panels and the timing line.
 SEGMENT_OUTPUTS = 15
+# The three groups of panels (segmentation, block outputs, CRP) are drawn at the same time: numpy,
+# torch and Pillow release the GIL in their heavy loops, so on two cores they overlap.
+RENDER_POOL = ThreadPoolExecutor(max_workers=3, thread_name_prefix="render")
 
 try:  # ZeroGPU on Hugging Face Spaces: borrow a GPU only while the network runs.
     import spaces
@@ -312,10 +316,12 @@ class DemoApp:
         # Plain values, not gr.update(...): an update makes Gradio rebuild the component and its
         # API schema for the session (~7 ms each). The galleries' column counts and the block
         # choices are set by the events that change them (view options, loading a model).
-        stages = self.feature_items(result, reduction, scaling, colormap, top_k)[0]
-        crp, _, crp_context = self.crp_items(result, crp_block, reduction, scaling, colormap)
+        jobs = (RENDER_POOL.submit(self.segmentation_views, result, opacity),
+                RENDER_POOL.submit(self.feature_items, result, reduction, scaling, colormap, top_k),
+                RENDER_POOL.submit(self.crp_items, result, crp_block, reduction, scaling, colormap))
+        segmentation, (stages, _), (crp, _, crp_context) = (job.result() for job in jobs)
         views = (
-            *self.segmentation_views(result, opacity),
+            *segmentation,
             stages, crp_block, crp, crp_context,
             None, None, "Choose a path to switch off.", "none",
             demo.render_architecture(result),

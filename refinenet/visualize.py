@@ -298,16 +298,37 @@ def scale_maps(maps: Sequence[np.ndarray], scaling: str = "per-map") -> list[np.
     maps = [np.asarray(m, dtype=np.float32) for m in maps]
     if not maps:
         return []
-    if maps[0].ndim == 3:
-        out = [np.empty_like(m) for m in maps]
-        for k in range(maps[0].shape[2]):
-            for target, scaled in zip(out, scale_maps([m[..., k] for m in maps], scaling), strict=True):
-                target[..., k] = scaled
-        return out
+    if maps[0].ndim == 3:  # H x W x k (PCA): every component on its own range
+        return _scale_components(maps, scaling)
     if scaling == "shared":
         lo, hi = value_range(maps)
         return [normalize(m, lo, hi) for m in maps]
     return [normalize(m, *value_range([m])) for m in maps]
+
+
+def _scale_components(maps: list[np.ndarray], scaling: str, low: float = 1.0, high: float = 99.0) -> list[np.ndarray]:
+    """:func:`scale_maps` for ``H x W x k`` maps: the percentiles of all ``k`` components in one
+    call per map (or one for all maps when ``"shared"``), rather than one call per component."""
+    components = maps[0].shape[2]
+    rows = [m.reshape(-1, components) for m in maps]
+    if not all(r.size and np.isfinite(r).all() for r in rows):  # rare: value_range handles them
+        out = [np.empty_like(m) for m in maps]
+        for k in range(components):
+            for target, scaled in zip(out, scale_maps([m[..., k] for m in maps], scaling), strict=True):
+                target[..., k] = scaled
+        return out
+    if scaling == "shared":
+        ranges = [np.percentile(np.concatenate(rows), [low, high], axis=0)] * len(maps)
+    else:
+        ranges = [np.percentile(r, [low, high], axis=0) for r in rows]
+    out = []
+    for m, (lo, hi) in zip(maps, ranges, strict=True):
+        span = hi - lo
+        flat = ~(span > 0)  # a flat component is dark, as in normalize
+        scaled = np.clip((m - lo) / np.where(flat, 1.0, span), 0.0, 1.0)
+        scaled[..., flat] = 0.0
+        out.append(scaled.astype(np.float32, copy=False))
+    return out
 
 
 @dataclass

@@ -169,6 +169,26 @@ def test_value_range_and_normalize():
     assert np.all(normalize(np.full(3, 7.0), 7.0, 7.0) == 0)  # a flat map is dark, not NaN
 
 
+@pytest.mark.parametrize("scaling", ["per-map", "shared"])
+def test_three_component_maps_scale_each_component_on_its_own_range(scaling):
+    rng = np.random.default_rng(3)
+    maps = [rng.normal(size=(h, w, 3)).astype(np.float32) * [1.0, 10.0, 0.1] + [0.0, 5.0, -2.0]
+            for h, w in ((12, 15), (24, 30))]
+    maps[1][..., 2] = 4.0  # a flat component: dark, not NaN
+    scaled = scale_maps(maps, scaling)
+    for k in range(3):
+        channel = [m[..., k] for m in maps]
+        if scaling == "shared":
+            lo, hi = value_range(channel)
+            expected = [normalize(c, lo, hi) for c in channel]
+        else:
+            expected = [normalize(c, *value_range([c])) for c in channel]
+        for got, want in zip(scaled, expected, strict=True):
+            np.testing.assert_allclose(got[..., k], want, atol=1e-6)
+    if scaling == "per-map":
+        assert np.all(scaled[1][..., 2] == 0)
+
+
 def test_per_map_scaling_stretches_each_map_shared_scaling_compares_them():
     weak = np.array([[0.0, 1.0]] * 50)
     strong = np.array([[0.0, 10.0]] * 50)
