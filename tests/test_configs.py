@@ -1,0 +1,57 @@
+"""The training configs in configs/ are what the model cards cite: each must load, describe a
+consistent model, and (for VOC) carry the PASCAL VOC classes and colours in their standard order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from refinenet.train import TrainConfig
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+VOC_CLASSES = [
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+]
+
+
+def pascal_colour_map(n: int) -> list[list[int]]:
+    """The PASCAL VOC development kit's colour map: the bits of the class index spread over the
+    high bits of red, green and blue (written from the devkit's description, not from our config)."""
+    colours = []
+    for index in range(n):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+            if c == 0:
+                break
+        colours.append([r, g, b])
+    return colours
+
+
+def test_there_are_configs():
+    assert len(CONFIGS) >= 3
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_describes_a_consistent_model(path):
+    cfg = TrainConfig.load(path)
+    model = cfg.model_config()
+    assert cfg.name == path.stem
+    assert len(model.class_names) == model.num_classes == len(model.palette)
+    assert cfg.optimizer in ("adamw", "sgd") and 0 < cfg.lr_backbone <= cfg.lr_decoder
+    assert cfg.data["kind"] in ("camvid", "folders") and str(cfg.data["root"]).startswith("../shared/data/")
+    assert model.ignore_index == cfg.data["ignore_index"]
+
+
+def test_voc_config_uses_the_standard_classes_and_colours():
+    model = TrainConfig.load(next(p for p in CONFIGS if p.stem.startswith("voc-"))).model_config()
+    assert list(model.class_names) == VOC_CLASSES
+    assert [list(c) for c in model.palette] == pascal_colour_map(21)
+    assert model.ignore_index == 255
