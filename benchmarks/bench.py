@@ -441,7 +441,7 @@ def measure_app(args, device: torch.device) -> dict:
 
     The segment event goes through Gradio's own request pipeline (``Blocks.process_api``):
     preprocessing of the upload, the handler, and the postprocessing of all outputs, which
-    encodes or copies every picture into Gradio's cache. Only the HTTP transfer is left out.
+    registers every picture for serving. Only the HTTP transfer is left out.
     """
     try:
         import app as app_module
@@ -778,8 +778,8 @@ def markdown(result: dict) -> str:
         else:
             lines += [
                 f"The app's segment event (`DemoApp.segment`, app.py) run through Gradio's own request pipeline "
-                f"(`Blocks.process_api`: upload preprocessing, the handler, postprocessing of every output, pictures "
-                f"written into Gradio's cache; only the HTTP transfer is left out) on {app['image']}, model: "
+                f"(`Blocks.process_api`: upload preprocessing, the handler, postprocessing of every output, which "
+                f"registers each picture for serving; only the HTTP transfer is left out) on {app['image']}, model: "
                 f"{app['model']['weights']}, network run as `{app['segmenter_model_class']}`. Median of "
                 f"{app['repeats']} runs of one session after its first request. Overhead = end to end - network: "
                 "loading and resizing the "
@@ -792,7 +792,8 @@ def markdown(result: dict) -> str:
                 f"| {_ms(app['end_to_end_s'])} | {_ms(app['end_to_end_p90_s'])} | {_ms(app['network_s'])} | "
                 f"{_ms(app['overhead_s'])} | {app['overhead_ratio']:.2f} |",
                 "",
-                "Where the time goes (the app's own wall-clock figures, ms): "
+                "Where the time goes (the app's own wall-clock figures, ms; 'everything else' is mostly Gradio's "
+                "output processing): "
                 + ", ".join(f"{k} {1000 * v:.1f}" for k, v in app["breakdown_wall_s"].items()),
                 "",
             ]
