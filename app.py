@@ -43,9 +43,9 @@ STATE_TTL_SECONDS = 15 * 60
 TRIM_AFTER_PIXELS = 4_000_000
 # Label-map PNGs written for download are removed after this long.
 DOWNLOAD_TTL_SECONDS = 60 * 60
-# Pictures for the panels are written by the app (see DemoApp.picture) into its download folder,
-# which Gradio serves as a static path: no copy into Gradio's cache per picture (hashing, copying
-# and path checks cost ~2 ms a file, 17 files a request), and the folder is pruned, where Gradio's
+# Pictures for the photo-like panels are written by the app (see DemoApp.picture) into its
+# download folder, which Gradio serves as a static path: no copy into Gradio's cache per picture
+# (hashing, copying and path checks cost ~2 ms a file), and the folder is pruned, where Gradio's
 # cache would only grow. A picture outlives its session's cached activations (STATE_TTL_SECONDS),
 # so a page never shows a picture the server has already removed.
 PICTURE_TTL_SECONDS = 30 * 60
@@ -138,11 +138,14 @@ pooling), with the tensor shapes (C×H×W) your image produced. A switched-off p
 """
 
 
-# Galleries keep a fixed minimum height by default, which leaves a blank band under one row of maps.
+# The picture grids of the block outputs and the CRP (demo.picture_grid).
 CSS = """
-#stages .grid-wrap, #crp .grid-wrap { min-height: 0 !important; max-height: none !important; height: auto !important; }
+.picture-grid { display: grid; gap: 8px; }
+.picture-grid figure { margin: 0; }
+.picture-grid img { display: block; width: 100%; height: auto; border-radius: 4px; }
 /* Feature maps come with one pixel per cell: enlarge them as flat squares, never smoothed. */
-#stages img, #crp img { image-rendering: pixelated; }
+.picture-grid img.map { image-rendering: pixelated; }
+.picture-grid figcaption { font-size: 12px; line-height: 1.3; margin-top: 3px; opacity: 0.85; }
 """
 
 
@@ -261,11 +264,9 @@ class DemoApp:
         return gr.Dropdown(choices=self.model_choices(), value=name), status
 
     def layout_for(self, name: str):
-        """The CRP block choices and the galleries' column counts for a newly selected model."""
-        config = self.segmenter_for(name)[1].config
-        names = config.block_names
-        return (gr.update(choices=names, value=default_crp_block(names)), gr.update(columns=len(names)),
-                gr.update(columns=config.crp_stages + 1))
+        """The CRP block choices of a newly selected model (its blocks may differ)."""
+        names = self.segmenter_for(name)[1].config.block_names
+        return gr.update(choices=names, value=default_crp_block(names))
 
     # -- segmentation -------------------------------------------------------------------------
 
@@ -279,17 +280,14 @@ class DemoApp:
                 except OSError:
                     pass
 
-    def picture(self, array: np.ndarray, photo: bool = False) -> str:
-        """Write a panel picture and return its path: a JPEG if it is ``photo``-like, else a PNG
-        (the feature maps: one pixel per cell, a few kilobytes, exact colours).
+    def picture(self, array: np.ndarray) -> str:
+        """Write a photo-like panel (overlay, confidence, ablation) as a JPEG; return its path.
 
         Handing Gradio an array would make it encode a PNG at zlib level 6: 50 ms for a 480×360
-        overlay, against 0.3 ms for the JPEG.
+        overlay, against 0.3 ms for the JPEG. (Feature maps travel inside the HTML of their grid.)
         """
-        suffix, options = ((".jpg", {"format": "JPEG", "quality": JPEG_QUALITY, "subsampling": 0}) if photo
-                           else (".png", {"format": "PNG", "compress_level": 1}))
-        path = self.downloads / f"view-{uuid.uuid4().hex[:16]}{suffix}"
-        Image.fromarray(array).save(path, **options)
+        path = self.downloads / f"view-{uuid.uuid4().hex[:16]}.jpg"
+        Image.fromarray(array).save(path, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
         return str(path)
 
     def run_network(self, image, model_name: str | None) -> demo.DemoResult:
@@ -317,12 +315,11 @@ class DemoApp:
         blocks = [b.name for b in result.blocks]
         crp_block = crp_block if crp_block in blocks else default_crp_block(blocks)
         # Plain values, not gr.update(...): an update makes Gradio rebuild the component and its
-        # API schema for the session (~7 ms each). The galleries' column counts and the block
-        # choices are set by the events that change them (view options, loading a model).
+        # API schema for the session (~7 ms each). The block choices are set when a model loads.
         jobs = (RENDER_POOL.submit(self.segmentation_views, result, opacity),
-                RENDER_POOL.submit(self.feature_items, result, reduction, scaling, colormap, top_k),
-                RENDER_POOL.submit(self.crp_items, result, crp_block, reduction, scaling, colormap))
-        segmentation, (stages, _), (crp, _, crp_context) = (job.result() for job in jobs)
+                RENDER_POOL.submit(self.stages_html, result, reduction, scaling, colormap, top_k),
+                RENDER_POOL.submit(self.crp_html, result, crp_block, reduction, scaling, colormap))
+        segmentation, stages, (crp, crp_context) = (job.result() for job in jobs)
         views = (
             *segmentation,
             stages, crp_block, crp, crp_context,
@@ -343,9 +340,9 @@ class DemoApp:
 
     def segmentation_views(self, result: demo.DemoResult, opacity: float):
         return (
-            self.picture(demo.render_overlay(result, opacity), photo=True),
+            self.picture(demo.render_overlay(result, opacity)),
             demo.render_legend(result),
-            self.picture(demo.render_confidence(result), photo=True),
+            self.picture(demo.render_confidence(result)),
             str(result.label_png),
         )
 
@@ -360,41 +357,34 @@ class DemoApp:
 
     def overlay(self, result, opacity):
         """Re-blend the label colours at a new opacity (no network run)."""
-        return self.picture(demo.render_overlay(self._cached(result), opacity), photo=True)
+        return self.picture(demo.render_overlay(self._cached(result), opacity))
 
     def features(self, result, reduction, scaling, colormap, top_k):
         """RefineNet-4 … RefineNet-1 outputs with a reduction and scaling (no network run)."""
-        items, columns = self.feature_items(self._cached(result), reduction, scaling, colormap, top_k)
-        return gr.update(value=items, columns=columns)
+        return self.stages_html(self._cached(result), reduction, scaling, colormap, top_k)
 
-    def feature_items(self, result: demo.DemoResult, reduction, scaling, colormap, top_k):
-        """The block-output gallery's pictures and its column count (one row per block with top-k)."""
+    def stages_html(self, result: demo.DemoResult, reduction, scaling, colormap, top_k) -> str:
+        """The block outputs as a grid of pictures (one row per block with top-k)."""
         reduction, scaling = _option(reduction, REDUCTIONS, "reduction"), _option(scaling, SCALINGS, "scaling")
         colormap = _option(colormap, {c: c for c in COLORMAPS}, "colour map")
         k = int(top_k or 1)
         if not 1 <= k <= 16:
             raise user_error("top-k must be between 1 and 16.")
-        items = [(self.picture(picture), caption)
-                 for picture, caption in demo.render_stages(result, reduction, scaling, colormap, k)]
-        return items, (k if reduction == "topk" else len(result.blocks))
+        return demo.stages_grid(result, reduction, scaling, colormap, k)
 
     def crp(self, result, block, reduction, scaling, colormap):
         """Chained residual pooling of one block: input, branches, running sums (no network run)."""
-        items, columns, context = self.crp_items(self._cached(result), block, reduction, scaling, colormap)
-        return gr.update(value=items, columns=columns), context
+        return self.crp_html(self._cached(result), block, reduction, scaling, colormap)
 
-    def crp_items(self, result: demo.DemoResult, block, reduction, scaling, colormap):
-        """The CRP gallery's pictures, its column count (input + one per stage) and the context text."""
+    def crp_html(self, result: demo.DemoResult, block, reduction, scaling, colormap) -> tuple[str, str]:
+        """The CRP grid (input + one column per stage) and the text on its pooling windows."""
         names = [b.name for b in result.blocks]
         if block not in names:
             raise user_error(f"No block named {block!r}; this model has {', '.join(names)}.")
         reduction, scaling = _option(reduction, REDUCTIONS, "reduction"), _option(scaling, SCALINGS, "scaling")
         colormap = _option(colormap, {c: c for c in COLORMAPS}, "colour map")
-        items = demo.render_crp(result, block, reduction, scaling, colormap)
-        # Every picture is a small map with one pixel per cell, except the photo with the windows.
-        items = [(self.picture(picture, photo=caption.startswith("windows")), caption) for picture, caption in items]
-        columns = len(result.block(block).crp_branches) + 1
-        return items, columns, demo.crp_context_markdown(result, block)
+        return (demo.crp_grid(result, block, reduction, scaling, colormap),
+                demo.crp_context_markdown(result, block))
 
     def ablate(self, result, path, opacity):
         """Switch off one backbone path (1/4, 1/8, 1/16, 1/32) and show what changed."""
@@ -410,7 +400,7 @@ class DemoApp:
         if stride not in result.ablations:
             result.ablations[stride] = network_ablated_labels(result.model_id, result.work_image, stride)
         view = demo.ablation_view(result, stride, opacity)
-        return (self.picture(view.overlay, photo=True), self.picture(view.changes, photo=True), view.summary,
+        return (self.picture(view.overlay), self.picture(view.changes), view.summary,
                 demo.render_architecture(result, ablated_stride=stride))
 
 
@@ -510,9 +500,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             colormap = gr.Dropdown(list(COLORMAPS), value="viridis", label="Colour map (perceptually uniform)")
             top_k = gr.Slider(1, 8, value=4, step=1, label="k for top-k channels")
         default_config = app.models.get(app.default_model).config
-        stages = gr.Gallery(label="Block outputs, deep to shallow", columns=len(default_config.block_names),
-                            format="png",
-                            object_fit="contain", elem_id="stages")
+        stages = gr.HTML(label="Block outputs, deep to shallow", show_label=True, elem_id="stages")
 
         gr.Markdown("## Chained residual pooling")
         with gr.Row():
@@ -523,9 +511,8 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                                         elem_id="crp-block")
                 crp_context = gr.Markdown()
             with gr.Column(scale=3):
-                crp = gr.Gallery(label="CRP: input and branches (top), windows and running sums (bottom)",
-                                 columns=default_config.crp_stages + 1, format="png", object_fit="contain",
-                                 elem_id="crp")
+                crp = gr.HTML(label="CRP: input and branches (top), windows and running sums (bottom)",
+                              show_label=True, elem_id="crp")
 
         gr.Markdown("## Path ablation")
         with gr.Row():
@@ -565,11 +552,10 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             control.input(app.crp, crp_inputs, [crp, crp_context], api_visibility="private")
         path.input(app.ablate, [state, path, opacity], [ablated, changes, ablation_summary, architecture],
                    api_name="ablate", **network_options)
-        layout_outputs = [crp_block, stages, crp]
         load_button.click(app.load_model, custom, [model, model_status], api_name="load_model",
-                          **network_options).success(app.layout_for, model, layout_outputs, api_visibility="private")
+                          **network_options).success(app.layout_for, model, crp_block, api_visibility="private")
         model.input(app.load_model, model, [model, model_status], api_visibility="private",
-                    **network_options).success(app.layout_for, model, layout_outputs, api_visibility="private")
+                    **network_options).success(app.layout_for, model, crp_block, api_visibility="private")
     return blocks
 
 

@@ -378,6 +378,35 @@ def render_stages(result: DemoResult, reduction: str = "pca", scaling: str = "pe
     return [(item.rgb, item.caption) for item in reduced]
 
 
+def picture_grid(pictures: list[tuple[np.ndarray, str]], columns: int, photos: frozenset[int] = frozenset()) -> str:
+    """HTML: the pictures in a grid of ``columns``, each with its caption below (and as its alt
+    text), carried inside the HTML as data URIs.
+
+    Feature maps (one pixel per cell) go as PNGs of a few hundred bytes, marked ``class="map"`` so
+    the page enlarges them without smoothing; the pictures at ``photos`` (indices) are photographs
+    and go as JPEGs. One HTML value instead of a gallery of files spares the server a file write
+    and Gradio's per-file bookkeeping for each of the 14 pictures of a segmentation.
+    """
+    cells = []
+    for index, (picture, caption) in enumerate(pictures):
+        photo = index in photos
+        uri = (_data_uri(Image.fromarray(picture), "JPEG", quality=88, subsampling=0) if photo
+               else _data_uri(Image.fromarray(picture), "PNG", compress_level=1))
+        text = escape(caption)
+        cells.append(f'<figure><img class="{"photo" if photo else "map"}" alt="{text}" src="{uri}">'
+                     f"<figcaption>{text}</figcaption></figure>")
+    return (f'<div class="picture-grid" style="grid-template-columns:repeat({max(1, columns)},minmax(0,1fr))">'
+            + "".join(cells) + "</div>")
+
+
+def stages_grid(result: DemoResult, reduction: str = "pca", scaling: str = "per-map", colormap: str = "viridis",
+                k: int = 4) -> str:
+    """:func:`render_stages` as a :func:`picture_grid`: one column per block, or with top-k one
+    row per block of ``k`` channels."""
+    items = render_stages(result, reduction, scaling, colormap, k)
+    return picture_grid(items, k if reduction == "topk" else len(result.blocks))
+
+
 def context_cells(stages: int, pool_size: int = 5) -> list[int]:
     """Side of the window seen by each CRP stage, in cells: 5, 9, 13, 17 for 5x5 pools."""
     return [1 + (pool_size - 1) * (i + 1) for i in range(stages)]
@@ -405,6 +434,15 @@ def render_crp(result: DemoResult, block_name: str, reduction: str = "pca", scal
     window = f"windows {cells[0] * block.stride}…{cells[-1] * block.stride} px"
     context = (render_context(result, block.stride, cells), window)
     return [pictures[0], *pictures[1:1 + stages], context, *pictures[1 + stages:]]
+
+
+def crp_grid(result: DemoResult, block_name: str, reduction: str = "pca", scaling: str = "shared",
+             colormap: str = "viridis") -> str:
+    """:func:`render_crp` as a :func:`picture_grid`: input and branches on the first row, the
+    photo with the pooling windows (a JPEG) and the running sums on the second."""
+    stages = len(result.block(block_name).crp_branches)
+    items = render_crp(result, block_name, reduction, scaling, colormap)
+    return picture_grid(items, stages + 1, photos=frozenset({stages + 1}))
 
 
 _CONTEXT_COLOURS = ((253, 231, 37), (94, 201, 98), (33, 145, 140), (59, 82, 139), (72, 24, 106))

@@ -130,6 +130,32 @@ def test_stage_pictures_keep_the_grid_visible(cached):
     assert len(topk) == 8 and topk[1][1].startswith("RefineNet-4 · channel ") and topk[1][1].endswith("(#2)")
 
 
+def test_picture_grid_carries_exact_maps_and_escaped_captions():
+    import base64
+    import io
+    import re
+
+    rng = np.random.default_rng(0)
+    feature_map = rng.integers(0, 256, size=(3, 5, 3), dtype=np.uint8)
+    photo = np.full((40, 60, 3), 200, dtype=np.uint8)
+    html = demo.picture_grid([(feature_map, 'map <1> & "x"'), (photo, "a photo")], columns=2,
+                             photos=frozenset({1}))
+    assert "repeat(2," in html
+    cells = re.findall(r'<img class="(\w+)" alt="([^"]*)" src="data:image/(\w+);base64,([^"]+)">', html)
+    assert [(kind, fmt) for kind, _, fmt, _ in cells] == [("map", "png"), ("photo", "jpeg")]
+    assert cells[0][1] == "map &lt;1&gt; &amp; &quot;x&quot;" and "<figcaption>a photo</figcaption>" in html
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(cells[0][3]))))
+    assert np.array_equal(decoded, feature_map)  # lossless, one pixel per cell
+    assert Image.open(io.BytesIO(base64.b64decode(cells[1][3]))).size == (60, 40)
+
+
+def test_stage_and_crp_grids_follow_the_model(cached):
+    assert demo.stages_grid(cached, "l2").count("<figure>") == len(cached.blocks)
+    assert "repeat(2," in demo.stages_grid(cached, "topk", k=2)
+    crp = demo.crp_grid(cached, "RefineNet-3", "pca")
+    assert crp.count('class="map"') == 9 and crp.count('class="photo"') == 1 and "repeat(5," in crp
+
+
 def test_crp_panel_order_and_pooling_windows(cached):
     items = demo.render_crp(cached, "RefineNet-3", "pca", "shared")
     captions = [c for _, c in items]

@@ -8,8 +8,11 @@ and independent of the model zoo. ``HF_HUB_OFFLINE=1`` keeps the server off the 
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,10 +20,12 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from html import unescape
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import refinenet
 from refinenet.hub import save_pretrained
@@ -33,6 +38,16 @@ CAMVID_PALETTE = [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128],
                   [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]]
 INPUT_SIZE = 256  # the model's long-side cap: small images, fast network runs
 STARTUP_TIMEOUT_S = 180
+
+
+GRID_CELL = re.compile(r'<img class="(map|photo)" alt="([^"]*)" src="data:image/(png|jpeg);base64,([^"]+)">')
+
+
+def grid_items(grid) -> list[tuple[Image.Image, str]]:
+    """(picture, caption) pairs of a picture-grid output (the HTML, or an update dict holding it)."""
+    html = grid["value"] if isinstance(grid, dict) else grid
+    return [(Image.open(io.BytesIO(base64.b64decode(data))), unescape(alt))
+            for _, alt, _, data in GRID_CELL.findall(html)]
 
 
 def _shared_fixtures():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import CAMVID_CLASSES, CAMVID_PALETTE, INPUT_SIZE, REPO
+from .conftest import CAMVID_CLASSES, CAMVID_PALETTE, INPUT_SIZE, REPO, grid_items
 
 pytestmark = pytest.mark.e2e
 
@@ -29,10 +29,7 @@ def segment(client, image_path) -> dict:
     return dict(zip(SEGMENT_FIELDS, values, strict=True))
 
 
-def items(gallery) -> list[tuple[str, str]]:
-    """(image path, caption) pairs from a gallery output (a plain list or an update dict)."""
-    value = gallery["value"] if isinstance(gallery, dict) else gallery
-    return [(entry["image"], entry["caption"]) for entry in value]
+items = grid_items
 
 
 def app_error(client, *args, api_name: str) -> str:
@@ -78,10 +75,13 @@ def test_segment_renders_every_panel(client):
     ]
     # 640 x 480 capped to 256 x 192: RefineNet-1 is 16 x 48 x 64 (stride 4), RefineNet-4 32 x 6 x 8.
     assert stages[3][1].endswith("16×48×64") and stages[0][1].endswith("32×6×8")
-    for path, _ in stages:
-        assert Image.open(path).format == "PNG"
+    for picture, _ in stages:  # one pixel per cell, lossless
+        assert picture.format == "PNG"
+    assert stages[3][0].size == (64, 48) and stages[0][0].size == (8, 6)
     crp = items(out["crp"])
     assert len(crp) == 10 and crp[0][1].startswith("input") and crp[5][1].startswith("windows")
+    assert crp[5][0].format == "JPEG" and crp[5][0].size == (INPUT_SIZE, 192)  # the photo with the windows
+    assert all(picture.format == "PNG" for i, (picture, _) in enumerate(crp) if i != 5)
     assert "RefineNet-3" in out["crp_context"]
     assert out["ablated"] is None and out["path"] == "none"
     assert "<svg" in out["architecture"] and "out 16×48×64" in out["architecture"]

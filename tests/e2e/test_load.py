@@ -32,6 +32,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from .conftest import grid_items
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CLIENTS = 8
@@ -105,7 +107,7 @@ def test_eight_clients_eighty_requests(app_server, tmp_path):
             assert np.array_equal(labels, references[i]), f"client {i} got a different label map under load"
             ok += 1
             stages = client.predict("l2", "shared", "viridis", 1, api_name="/features")
-            caption = stages["value"][3]["caption"]
+            caption = grid_items(stages)[3][1]
             scale = min(1.0, 256 / max(width, height))
             h, w = round(height * scale), round(width * scale)
             assert caption.endswith(f"×{(h + 3) // 4}×{(w + 3) // 4}"), f"client {i}: {caption}"
