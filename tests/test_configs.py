@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from refinenet.data import VOC_CLASSES as PACKAGE_VOC_CLASSES
 from refinenet.train import TrainConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -52,6 +53,6 @@ def test_config_describes_a_consistent_model(path):
 
 def test_voc_config_uses_the_standard_classes_and_colours():
     model = TrainConfig.load(next(p for p in CONFIGS if p.stem.startswith("voc-"))).model_config()
-    assert list(model.class_names) == VOC_CLASSES
+    assert list(model.class_names) == VOC_CLASSES == list(PACKAGE_VOC_CLASSES)
     assert [list(c) for c in model.palette] == pascal_colour_map(21)
     assert model.ignore_index == 255
