@@ -74,8 +74,7 @@ except ImportError:
 INTRO = """
 # RefineNet: multi-path refinement, live
 
-Upload a photo (or use your webcam, or paste from the clipboard): people, animals, vehicles and
-rooms for the PASCAL VOC model, street scenes for the CamVid models. The network is
+Upload a street photo (or use your webcam, or paste from the clipboard). The network is
 **RefineNet** (Lin et al., CVPR 2017): a backbone shrinks the image to 1/32 of its size; deep
 features know *what* is in the picture, shallow ones know *where the edges are*. Four
 **RefineNet blocks** fuse them from the top down, **RefineNet-4** (deepest, 1/32) to
@@ -83,17 +82,15 @@ features know *what* is in the picture, shallow ones know *where the edges are*.
 """
 
 # The example sets, each with the models it suits; every file and its licence is in assets/README.md.
+# (assets/ also holds two public-domain everyday photos, for the PASCAL VOC model once it ships.)
 EXAMPLE_SETS = (
-    ("Everyday photos (public domain / CC0): for the PASCAL VOC model",
-     ("astronaut.jpg", "chelsea-the-cat.jpg")),
     ("Synthetic street scenes: for the CamVid models", ("synthetic-street-day.jpg", "synthetic-street-dusk.jpg")),
 )
 
 EXAMPLES_NOTE = (
-    "**About the examples:** the everyday photos are a NASA portrait (public domain) and a cat "
-    "photographed by Stefan van der Walt (CC0). The street scenes are *synthetic*, drawn by a script: "
-    "no street photograph with a licence to redistribute could be shipped (CamVid frames carry none), "
-    "so for real street results **upload your own street photo** or use the webcam."
+    "**About the examples:** they are *synthetic* street scenes drawn by a script. No street "
+    "photograph with a licence to redistribute could be shipped (CamVid frames carry none), so for "
+    "real results **upload your own street photo** or use the webcam."
 )
 
 SEGMENTATION_HELP = """
