@@ -89,7 +89,8 @@ MODELS: dict[str, ZooEntry] = {
 
 
 def list_models() -> list[ZooEntry]:
-    """All registered models, in table order."""
+    """All registered models, in table order: the order the app offers them in, and the first
+    that loads is its default (so the table starts with the model most uploads suit)."""
     return list(MODELS.values())
 
 
