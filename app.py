@@ -56,7 +56,8 @@ JPEG_QUALITY = 90
 # What a segmentation returns: the state, 13 panels and the timing line.
 SEGMENT_OUTPUTS = 15
 # The three groups of panels (segmentation, block outputs, CRP) are drawn at the same time: numpy,
-# torch and Pillow release the GIL in their heavy loops, so on two cores they overlap.
+# torch and Pillow release the GIL in their heavy loops, so they overlap a little (on 2 idle
+# cores ~23 ms instead of ~28 ms: most of the drawing is Python-bound).
 RENDER_POOL = ThreadPoolExecutor(max_workers=3, thread_name_prefix="render")
 
 try:  # ZeroGPU on Hugging Face Spaces: borrow a GPU only while the network runs.
