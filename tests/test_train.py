@@ -12,6 +12,8 @@ from _datagen import make_folder
 from refinenet.models import build_model
 from refinenet.train import (
     TrainConfig,
+    autocast_dtype_for,
+    cpu_has_native_bf16,
     load_checkpoint,
     parameter_groups,
     poly_lr,
@@ -55,6 +57,30 @@ def test_one_training_step_lowers_the_loss_on_its_batch():
     assert before == pytest.approx(loss_now(), rel=0.5)  # sanity: the reported loss is this batch's
     after = loss_now()
     assert after < before, (before, after)
+
+
+def test_a_bf16_autocast_step_on_the_cpu_learns_and_keeps_fp32_weights():
+    """The precision CPUs with native bf16 train in: the step must still learn, and the weights,
+    gradients and optimiser state must stay fp32 (bf16 weights would lose small updates)."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(name="t", model=dict(TINY_MODEL), data={}, backbone_weights=None)
+    model = build_model(cfg.model_config())
+    zero_init_residual_branches(model)
+    optimizer = torch.optim.SGD(parameter_groups(model, 1e-3, 1e-2), momentum=0.9)
+    x = torch.randn(2, 3, 32, 32)
+    y = torch.randint(0, 3, (2, 32, 32))
+    losses = [train_step(model, optimizer, x, y, 255, grad_clip=10.0, autocast_dtype=torch.bfloat16)
+              for _ in range(4)]
+    assert losses[-1] < losses[0], losses
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32
+               for p in model.parameters() if p.grad is not None)
+    assert all(s["momentum_buffer"].dtype == torch.float32 for s in optimizer.state.values())
+
+
+def test_training_precision_follows_the_hardware():
+    cpu = torch.device("cpu")
+    assert autocast_dtype_for(cpu, amp=False) is None
+    assert autocast_dtype_for(cpu, amp=True) == (torch.bfloat16 if cpu_has_native_bf16() else None)
 
 
 def test_zero_initialised_rcus_start_as_identity():
