@@ -66,6 +66,7 @@ class CachedBlock:
     crp_input: np.ndarray
     crp_branches: tuple[np.ndarray, ...]
     crp_sums: tuple[np.ndarray, ...]
+    crp_input_positive: float  # share of the CRP input's values above zero (0.0: a dead block)
 
 
 @dataclass
@@ -110,6 +111,12 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t[0].detach().to("cpu", CACHE_DTYPE).numpy()
 
 
+def _all_zero(fmap: np.ndarray) -> bool:
+    """Whether a cached (float16) map is zero everywhere; torch tests half precision natively,
+    numpy would first widen every value (milliseconds for a 1/4 map)."""
+    return not bool(torch.from_numpy(fmap).any())
+
+
 def _resize_rgb(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     height, width = size
     return image if image.size == (width, height) else image.resize((width, height), Image.Resampling.BILINEAR)
@@ -137,6 +144,7 @@ def segment(segmenter: Segmenter, source: ImageSource, *, model_id: str, out_dir
             name=block.name, stride=block.stride, levels=levels, output=_np(block.output),
             crp_input=_np(block.crp.input), crp_branches=tuple(_np(t) for t in block.crp.branches),
             crp_sums=tuple(_np(t) for t in block.crp.sums),
+            crp_input_positive=float((block.crp.input[0] > 0).float().mean()),
         ))
     label_png = Path(out_dir) / f"labels-{uuid.uuid4().hex[:12]}.png"
     label_map_to_png(result.label_map, palette).save(label_png, format="PNG", compress_level=3)
@@ -427,7 +435,7 @@ def render_crp(result: DemoResult, block_name: str, reduction: str = "pca", scal
     captions = [f"input {_shape_text(block.crp_input)}"]
     captions += [f"branch {i + 1} · {c}×{c} cells" for i, c in enumerate(cells)]
     captions += [f"sum after stage {i + 1}" for i in range(stages)]
-    captions = [c + " · all zero" if not np.any(m) else c for c, m in zip(captions, maps, strict=True)]
+    captions = [c + " · all zero" if _all_zero(m) else c for c, m in zip(captions, maps, strict=True)]
     # One feature space (the sums add the branches to the input): one PCA basis for all maps.
     reduced = reduce_feature_maps(maps, captions, reduction, scaling, colormap, k=1, shared_basis=True)
     pictures = [(item.rgb, item.caption) for item in reduced]  # one pixel per cell, as render_stages
@@ -474,8 +482,8 @@ def crp_context_markdown(result: DemoResult, block_name: str) -> str:
         px = c * block.stride
         extra = f" ≈ {px * scale:.0f} px of your photo" if abs(scale - 1) > 0.01 else ""
         lines.append(f"- stage {i + 1}: {c}×{c} cells = {px}×{px} px of the network input{extra}")
-    positive = float(np.mean(block.crp_input > 0)) if block.crp_input.size else 0.0
-    lines.append(f"\nAfter the ReLU that opens CRP, {100 * positive:.1f}% of the input values are positive.")
+    lines.append(f"\nAfter the ReLU that opens CRP, {100 * block.crp_input_positive:.1f}% of the input values "
+                 "are positive.")
     for name, cut in dead_blocks(result):
         lines.append(
             f"\n**Dead block: {name}.** Its CRP input is zero at every cell for this image (every fused value "
@@ -496,7 +504,7 @@ def dead_blocks(result: DemoResult) -> list[tuple[str, list[int]]]:
     """
     dead = []
     for index, block in enumerate(result.blocks):
-        if not np.any(block.crp_input):
+        if block.crp_input_positive == 0.0:
             cut = sorted({s for deeper in result.blocks[: index + 1] for s in deeper.levels})
             dead.append((block.name, cut))
     return dead

@@ -445,6 +445,7 @@ class Segmenter:
         flip = self.flip if flip is None else bool(flip)
         work = working_size(images[0].height, images[0].width, self.max_side)
         feature_scale = min(scales, key=lambda s: (abs(s - 1.0), s))
+        single_pass = len(scales) == 1 and not flip
         timing = {"preprocess": 0.0, "network": 0.0, "postprocess": 0.0}
         probabilities: list[torch.Tensor | None] = [None] * len(images)
         features: SegmentationOutput | None = None
@@ -473,18 +474,24 @@ class Segmenter:
                         features = output
                     for i in range(len(images)):
                         # Per image, so that only one classes x H x W map is alive at a time.
-                        up = F.interpolate(logits[i:i + 1].float(), size=work, mode="bilinear", align_corners=False)
-                        prob = up.softmax(dim=1)[0]
+                        up = F.interpolate(logits[i:i + 1].float(), size=work, mode="bilinear", align_corners=False)[0]
+                        # One pass keeps its logits: argmax and top probability come from them directly.
+                        scores = up if single_pass else up.softmax(dim=0)
                         if mirrored:
-                            prob = prob.flip(-1)
-                        probabilities[i] = prob if probabilities[i] is None else probabilities[i] + prob
+                            scores = scores.flip(-1)
+                        probabilities[i] = scores if probabilities[i] is None else probabilities[i] + scores
                     passes += 1
                     timing["postprocess"] += time.perf_counter() - tick
 
         tick = time.perf_counter()
         results = []
         for i, (rgb, summed) in enumerate(zip(images, probabilities, strict=True)):
-            confidence, labels = (summed / passes).max(dim=0)
+            if single_pass:
+                # The top softmax probability is 1 / sum_c exp(l_c - l_max): no C x H x W softmax.
+                top, labels = summed.max(dim=0)
+                confidence = (summed - top).exp_().sum(dim=0).reciprocal_()
+            else:
+                confidence, labels = (summed / passes).max(dim=0)
             label_map = labels.to(device="cpu", dtype=torch.uint8).numpy()
             confidence = confidence.float().cpu().numpy()
             if work != (rgb.height, rgb.width):

@@ -209,7 +209,7 @@ def top_channels(fmap: np.ndarray, k: int) -> np.ndarray:
 
 
 def pca_basis(fmaps: Sequence[np.ndarray], components: int = 3, max_samples: int = 2048,
-              seed: int = 0, power_iterations: int = 3) -> tuple[np.ndarray, np.ndarray]:
+              seed: int = 0, power_iterations: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Mean (``C``) and the top principal directions (``components x C``) of the pixel vectors.
 
     Every pixel of every map is one ``C``-dimensional sample (a random subset of ``max_samples``
@@ -218,8 +218,12 @@ def pca_basis(fmaps: Sequence[np.ndarray], components: int = 3, max_samples: int
     Martinsson and Tropp 2011) on the centred samples in float32: a few products with a
     ``C x (components + 5)`` block instead of forming and fully diagonalising the ``C x C``
     covariance, about 20x less work, and as exact as the pictures need on feature maps, whose
-    leading variances stand well apart. The sign of a direction is arbitrary; each is flipped
-    so that its largest loading is positive, making the colours reproducible from run to run.
+    leading variances stand well apart. One power iteration is enough: on the CamVid models' block
+    outputs and CRP maps of three photos, the directions' worst alignment with exact PCA of all
+    pixels was 0.987 with one, two or three iterations alike (the pixel sample limits it, and
+    halving the sample dropped it to 0.75), and each iteration costs about 0.3 ms. The sign of a
+    direction is arbitrary; each is flipped so that its largest loading is positive, making the
+    colours reproducible from run to run.
     """
     maps = [_as_chw(f) for f in fmaps]
     channels = {m.shape[0] for m in maps}
