@@ -363,8 +363,7 @@ class DemoApp:
 
     def stages_html(self, result: demo.DemoResult, reduction, scaling, colormap, top_k) -> str:
         """The block outputs as a grid of pictures (one row per block with top-k)."""
-        reduction, scaling = _option(reduction, REDUCTIONS, "reduction"), _option(scaling, SCALINGS, "scaling")
-        colormap = _option(colormap, {c: c for c in COLORMAPS}, "colour map")
+        reduction, scaling, colormap = _view_options(reduction, scaling, colormap)
         k = int(top_k or 1)
         if not 1 <= k <= 16:
             raise user_error("top-k must be between 1 and 16.")
@@ -379,8 +378,7 @@ class DemoApp:
         names = [b.name for b in result.blocks]
         if block not in names:
             raise user_error(f"No block named {block!r}; this model has {', '.join(names)}.")
-        reduction, scaling = _option(reduction, REDUCTIONS, "reduction"), _option(scaling, SCALINGS, "scaling")
-        colormap = _option(colormap, {c: c for c in COLORMAPS}, "colour map")
+        reduction, scaling, colormap = _view_options(reduction, scaling, colormap)
         return (demo.crp_grid(result, block, reduction, scaling, colormap),
                 demo.crp_context_markdown(result, block))
 
@@ -419,6 +417,12 @@ def _option(value, allowed: dict[str, str], what: str) -> str:
         if value == label:
             return key
     raise user_error(f"Unknown {what} {value!r}; choose one of: {', '.join(allowed)}.")
+
+
+def _view_options(reduction, scaling, colormap) -> tuple[str, str, str]:
+    """The feature-map view's three options, checked (an API client may send anything)."""
+    return (_option(reduction, REDUCTIONS, "reduction"), _option(scaling, SCALINGS, "scaling"),
+            _option(colormap, {c: c for c in COLORMAPS}, "colour map"))
 
 
 # The app whose events are being served. The functions that run the network reach it through
