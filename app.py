@@ -75,7 +75,9 @@ except ImportError:
 INTRO = """
 # RefineNet: multi-path refinement, live
 
-Upload a street photo (or use your webcam, or paste from the clipboard). The network is
+Upload a photo (or use your webcam, or paste from the clipboard). The model the demo opens with
+knows the 20 PASCAL VOC classes (people, animals, vehicles, bottles, chairs, sofas, tables, potted
+plants, screens); the CamVid models in the *Model* box know street scenes. The network is
 **RefineNet** (Lin et al., CVPR 2017): a backbone shrinks the image to 1/32 of its size; deep
 features know *what* is in the picture, shallow ones know *where the edges are*. Four
 **RefineNet blocks** fuse them from the top down, **RefineNet-4** (deepest, 1/32) to
@@ -83,15 +85,16 @@ features know *what* is in the picture, shallow ones know *where the edges are*.
 """
 
 # The example sets, each with the models it suits; every file and its licence is in assets/README.md.
-# (assets/ also holds two public-domain everyday photos, for the PASCAL VOC model once it ships.)
 EXAMPLE_SETS = (
+    ("Everyday photos (public domain, CC0): for the PASCAL VOC model", ("astronaut.jpg", "chelsea-the-cat.jpg")),
     ("Synthetic street scenes: for the CamVid models", ("synthetic-street-day.jpg", "synthetic-street-dusk.jpg")),
 )
 
 EXAMPLES_NOTE = (
-    "**About the examples:** they are *synthetic* street scenes drawn by a script. No street "
-    "photograph with a licence to redistribute could be shipped (CamVid frames carry none), so for "
-    "real results **upload your own street photo** or use the webcam."
+    "**About the examples:** the everyday photos are a NASA portrait (public domain) and Chelsea the "
+    "cat (CC0). The street scenes are *synthetic*, drawn by a script: no street photograph with a "
+    "licence to redistribute could be shipped (CamVid frames carry none), so for real street results "
+    "choose a CamVid model and **upload your own street photo**."
 )
 
 SEGMENTATION_HELP = """
