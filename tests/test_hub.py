@@ -150,7 +150,8 @@ def test_unknown_names_list_what_was_tried(tmp_path):
     with pytest.raises(ModelNotFoundError) as info:
         from_pretrained("no-such-model")
     text = str(info.value)
-    assert "local folder" in text and "known: camvid-" in text and "ORG/NAME" in text
+    assert "local folder" in text and "ORG/NAME" in text
+    assert "known: " in text and "camvid-refinenet-mobilenetv2" in text
     legacy = tmp_path / "model.pth"
     legacy.write_bytes(b"x")
     with pytest.raises(WeightsError, match="is a file.*refinenet convert"):
