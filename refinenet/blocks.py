@@ -125,6 +125,12 @@ class CRPFeatures:
     branches: tuple[Tensor, ...]
     sums: tuple[Tensor, ...]
 
+    def positive_share(self) -> float:
+        """Share of the input's values above zero. 0.0 means the leading ReLU passed nothing: the
+        block's output no longer depends on the image (a "dead" block, which training logs and the
+        demo names)."""
+        return float((self.input > 0).float().mean())
+
 
 class ChainedResidualPooling(nn.Module):
     """Chained residual pooling (CRP), paper Fig. 2(d) and section 3.2.

@@ -144,7 +144,7 @@ def segment(segmenter: Segmenter, source: ImageSource, *, model_id: str, out_dir
             name=block.name, stride=block.stride, levels=levels, output=_np(block.output),
             crp_input=_np(block.crp.input), crp_branches=tuple(_np(t) for t in block.crp.branches),
             crp_sums=tuple(_np(t) for t in block.crp.sums),
-            crp_input_positive=float((block.crp.input[0] > 0).float().mean()),
+            crp_input_positive=block.crp.positive_share(),
         ))
     label_png = Path(out_dir) / f"labels-{uuid.uuid4().hex[:12]}.png"
     label_map_to_png(result.label_map, palette).save(label_png, format="PNG", compress_level=3)

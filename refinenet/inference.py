@@ -447,7 +447,8 @@ class Segmenter:
         feature_scale = min(scales, key=lambda s: (abs(s - 1.0), s))
         single_pass = len(scales) == 1 and not flip
         timing = {"preprocess": 0.0, "network": 0.0, "postprocess": 0.0}
-        probabilities: list[torch.Tensor | None] = [None] * len(images)
+        # Per image: the softmax probabilities summed over the passes, or with one pass its logits.
+        summed_scores: list[torch.Tensor | None] = [None] * len(images)
         features: SegmentationOutput | None = None
         passes = 0
 
@@ -479,13 +480,13 @@ class Segmenter:
                         scores = up if single_pass else up.softmax(dim=0)
                         if mirrored:
                             scores = scores.flip(-1)
-                        probabilities[i] = scores if probabilities[i] is None else probabilities[i] + scores
+                        summed_scores[i] = scores if summed_scores[i] is None else summed_scores[i] + scores
                     passes += 1
                     timing["postprocess"] += time.perf_counter() - tick
 
         tick = time.perf_counter()
         results = []
-        for i, (rgb, summed) in enumerate(zip(images, probabilities, strict=True)):
+        for i, (rgb, summed) in enumerate(zip(images, summed_scores, strict=True)):
             if single_pass:
                 # The top softmax probability is 1 / sum_c exp(l_c - l_max): no C x H x W softmax.
                 top, labels = summed.max(dim=0)

@@ -199,7 +199,7 @@ def block_health(model: RefineNet, x: torch.Tensor) -> dict[str, float]:
     model.eval()
     output = model(x, return_features=True)
     model.train(was_training)
-    return {b.name: round(float((b.crp.input > 0).float().mean()), 4) for b in output.blocks}
+    return {b.name: round(b.crp.positive_share(), 4) for b in output.blocks}
 
 
 def capture_state(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int,

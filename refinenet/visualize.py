@@ -218,7 +218,7 @@ def pca_basis(fmaps: Sequence[np.ndarray], components: int = 3, max_samples: int
     Martinsson and Tropp 2011) on the centred samples in float32: a few products with a
     ``C x (components + 5)`` block instead of forming and fully diagonalising the ``C x C``
     covariance, about 20x less work, and as exact as the pictures need on feature maps, whose
-    leading variances stand well apart. One power iteration is enough: on the CamVid models' block
+    leading variances stand well apart. One power iteration is enough: on the CamVid RefineNet's block
     outputs and CRP maps of three photos, the directions' worst alignment with exact PCA of all
     pixels was 0.987 with one, two or three iterations alike (the pixel sample limits it, and
     halving the sample dropped it to 0.75), and each iteration costs about 0.3 ms. The sign of a
