@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import CAMVID_CLASSES
+from .data import CAMVID_CLASSES, VOC_CLASSES
 from .hub import WEIGHTS_NAME, sha256_file
 
 # Environment variable that moves the bundled-weights directory (tests, system packages).
@@ -58,6 +58,23 @@ class ZooEntry:
 MODELS: dict[str, ZooEntry] = {
     entry.model_id: entry
     for entry in (
+        # First, so the app opens with it: people who try the demo upload everyday photos (README).
+        ZooEntry(
+            model_id="voc-refinenet-mobilenetv2",
+            title="RefineNet (4-cascade, RCUs, chained residual pooling) on MobileNetV2, trained on "
+                  "teacher-labelled PASCAL VOC 2007 photos",
+            architecture="refinenet",
+            backbone="mobilenetv2",
+            dataset="PASCAL VOC 2007, teacher-labelled (21 classes)",
+            classes=VOC_CLASSES,
+            # Measured by scripts/release_model.py (refinenet eval on the 300 val/ photos): agreement
+            # with the teacher's labels, not accuracy against human annotations (see the card).
+            metrics={"val_teacher_mean_iou": 63.63, "val_teacher_pixel_accuracy": 92.13,
+                     "val_teacher_mean_iou_multiscale_flip": 65.28},
+            sha256="46db800d14ebd8064dccacdfb3434216213f88aae206d70d7a0fb0df7b0b7547",
+            bundled=True,
+            license="other",
+        ),
         ZooEntry(
             model_id="camvid-refinenet-mobilenetv2",
             title="RefineNet (4-cascade, RCUs, chained residual pooling) on MobileNetV2, trained on CamVid",
