@@ -46,14 +46,14 @@ import torch  # noqa: E402
 import refinenet  # noqa: E402
 from refinenet.flops import count_macs  # noqa: E402
 from refinenet.runtime import eager_baseline, fast_path, synchronize  # noqa: E402
+from refinenet.zoo import bundled_folder, list_models  # noqa: E402
 
+# The app opens with the zoo's first model (app.py); the benchmark times that model, with its
+# bundled weights, under this name.
 APP_MODEL = "refinenet-mobilenetv2"
-APP_ZOO_ID = "camvid-refinenet-mobilenetv2"
-APP_CONFIG = REPO / "configs" / "camvid-refinenet-mobilenetv2.yaml"
-DEFAULT_REAL_IMAGES = REPO.parent / "shared" / "data" / "camvid" / "test"
-# The lead's CamVid training run: until trained weights are bundled, its latest checkpoint gives
-# the app's architecture realistic weights (read only; nothing from it is copied).
-DEFAULT_APP_CHECKPOINT = REPO / "runs" / "camvid-refinenet-mobilenetv2" / "last.pt"
+APP_ZOO_ID = list_models()[0].model_id
+# Photos of the kind the app's default model is for (read in place, never copied).
+DEFAULT_REAL_IMAGES = REPO.parent / "shared" / "data" / "voc2007-pseudo" / "val" / "images"
 MOBILE_MODELS = ("lw-mobilenetv2", "refinenet-mobilenetv2")
 HEAVY_MACS = 100e9  # models above this (at 512x512) get fewer repeats and a smaller batch on the CPU
 
@@ -65,40 +65,15 @@ GPU_DATASHEET_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e
 # Models
 
 
-def _app_config() -> tuple[refinenet.RefineNetConfig, str]:
-    """The app's default architecture: the bundled trained folder's config, else the training
-    config the weights will come from, else the architecture named in the issue."""
-    folder = _zoo_folder(APP_ZOO_ID)
-    if folder is not None:
-        return refinenet.RefineNetConfig.load(folder / "config.json"), f"{folder}/config.json"
-    if APP_CONFIG.is_file():
-        import yaml
-
-        data = yaml.safe_load(APP_CONFIG.read_text())["model"]
-        return refinenet.RefineNetConfig(**data), str(APP_CONFIG.relative_to(REPO))
-    config = refinenet.RefineNetConfig(architecture="refinenet", backbone="mobilenetv2", num_classes=11,
-                                       widths=[256, 128, 128, 128])
-    return config, "built in (widths 256/128/128/128)"
-
-
 def _zoo_folder(model_id: str) -> Path | None:
-    try:
-        from refinenet.zoo import bundled_folder
-    except ImportError:
-        return None
     folder = bundled_folder(model_id)
     return folder if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file() else None
-
-
-def _imagenet_mobilenet_cached() -> bool:
-    hub = Path(torch.hub.get_dir()) / "checkpoints" / "mobilenet_v2-b0353104.pth"
-    return hub.is_file()
 
 
 ARCHITECTURES: dict[str, tuple[str, Callable[[], torch.nn.Module]]] = {
     "lw-mobilenetv2": ("Light-Weight RefineNet, authors' MobileNet-v2 (21 classes)",
                        lambda: refinenet.lw_refinenet_mobilenetv2(21, authors_layout=True)),
-    APP_MODEL: ("RefineNet on MobileNetV2, the app's default architecture (CamVid, 11 classes)", None),
+    APP_MODEL: (f"RefineNet on MobileNetV2, the app's default model ({APP_ZOO_ID})", None),
     "lw-resnet50": ("Light-Weight RefineNet-50 (21 classes)", lambda: refinenet.lw_refinenet_resnet50(21)),
     "lw-resnet101": ("Light-Weight RefineNet-101 (21 classes)", lambda: refinenet.lw_refinenet_resnet101(21)),
     "refinenet-resnet50": ("RefineNet-50 (21 classes)", lambda: refinenet.refinenet_resnet50(21)),
@@ -109,10 +84,6 @@ ARCHITECTURES: dict[str, tuple[str, Callable[[], torch.nn.Module]]] = {
 def available_models() -> list[str]:
     """The architectures, plus every zoo model whose weights are bundled (``zoo:<id>``)."""
     names = list(ARCHITECTURES)
-    try:
-        from refinenet.zoo import list_models
-    except ImportError:
-        return names
     for entry in list_models():
         # The app's architecture already runs with the bundled weights of its zoo model.
         if _zoo_folder(entry.model_id) is not None and entry.model_id != APP_ZOO_ID:
@@ -120,7 +91,7 @@ def available_models() -> list[str]:
     return names
 
 
-def build(name: str, app_checkpoint: Path | None = None) -> tuple[torch.nn.Module, dict]:
+def build(name: str) -> tuple[torch.nn.Module, dict]:
     """The model and a description of its weights."""
     from refinenet.hub import load_folder
 
@@ -135,36 +106,20 @@ def build(name: str, app_checkpoint: Path | None = None) -> tuple[torch.nn.Modul
     torch.manual_seed(0)
     if name == APP_MODEL:
         folder = _zoo_folder(APP_ZOO_ID)
-        if folder is not None:
-            return load_folder(folder), {"title": title, "weights": f"trained ({folder.relative_to(REPO)})",
-                                         "trained": True}
-        config, source = _app_config()
-        if app_checkpoint is not None and app_checkpoint.is_file():
-            checkpoint = torch.load(app_checkpoint, map_location="cpu", weights_only=False)
-            model = refinenet.build_model(config)
-            model.load_state_dict(checkpoint["model"])  # strict: the architecture must match exactly
-            epochs = checkpoint.get("epoch")
-            return model.eval(), {"title": title, "weights": (
-                f"trained, from the training checkpoint {app_checkpoint.relative_to(REPO)} (epoch {epochs}; "
-                f"not shipped; architecture from {source})"), "trained": True}
-        weights = "IMAGENET1K_V1" if _imagenet_mobilenet_cached() else None
-        model = refinenet.build_model(config, backbone_weights=weights)
-        note = ("random decoder, ImageNet backbone" if weights else "random weights") + \
-               f" (trained weights not bundled yet; architecture from {source})"
-        return calibrate(model, trained_backbone=weights is not None).eval(), {"title": title, "weights": note,
-                                                                               "trained": False}
+        if folder is None:
+            raise SystemExit(f"the app's default model {APP_ZOO_ID} has no bundled weights")
+        return load_folder(folder), {"title": title, "weights": f"trained ({folder.relative_to(REPO)})",
+                                     "trained": True}
     model = builder()
-    return calibrate(model, trained_backbone=False).eval(), {
+    return calibrate(model).eval(), {
         "title": title, "weights": "random weights (architecture only; BN statistics from random images)",
         "trained": False}
 
 
-def calibrate(model: torch.nn.Module, trained_backbone: bool) -> torch.nn.Module:
+def calibrate(model: torch.nn.Module) -> torch.nn.Module:
     """Give a random backbone's BN layers the statistics of random images. With BN at mean 0 /
     variance 1 a random backbone shrinks its features at every stage (to ~1e-8 at 1/32), and
     the agreement check would then compare the finest path only."""
-    if trained_backbone:
-        return model
     norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for bn in norms:
         bn.reset_running_stats()
@@ -354,7 +309,7 @@ def build_paths(model: torch.nn.Module, device: torch.device, args, name: str, h
 def measure_model(name: str, args, device: torch.device) -> dict:
     """Everything for one model on one device (runs inside the worker subprocess)."""
     tick = time.perf_counter()
-    model, info = build(name, args.app_checkpoint)
+    model, info = build(name)
     macs_512 = count_macs(model, 512).total
     heavy = device.type == "cpu" and macs_512 > HEAVY_MACS and not args.repeats_forced
     warmup = 1 if heavy else args.warmup
@@ -451,14 +406,10 @@ def measure_app(args, device: torch.device) -> dict:
 
     from gradio.state_holder import SessionState
 
-    from refinenet.hub import save_pretrained
-
-    model, info = build(APP_MODEL, args.app_checkpoint)
+    _, info = build(APP_MODEL)
     size = args.app_size
     with tempfile.TemporaryDirectory(prefix="refinenet-bench-") as tmp:
         folder = _zoo_folder(APP_ZOO_ID)
-        if folder is None:
-            folder = save_pretrained(model, Path(tmp) / "model")
         image_path = _app_image(args.real_images, size, Path(tmp))
         demo_app = app_module.DemoApp(str(folder), str(device))
         blocks = app_module.build_demo(demo_app)
@@ -518,15 +469,15 @@ def measure_app(args, device: torch.device) -> dict:
 
 
 def _app_image(folder: Path | None, size: tuple[int, int], tmp: Path) -> Path:
-    """A real street frame of the app's size if one is at hand (read, re-encoded to a temporary
-    JPEG, never copied into the repository), else the bundled synthetic example."""
+    """A real photo of the kind the app's default model is for, at the app's size (read,
+    re-encoded to a temporary JPEG, never copied into the repository), else a bundled example."""
     from PIL import Image
 
     candidates = []
     if folder is not None and folder.is_dir():
         candidates = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
     if not candidates:
-        candidates = sorted((REPO / "assets").glob("synthetic-*.jpg"))
+        candidates = [REPO / "assets" / "chelsea-the-cat.jpg"]
     if not candidates:
         raise SystemExit("no image for the app benchmark: give --real-images")
     image = Image.open(candidates[0]).convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
@@ -884,8 +835,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="models that also get the (opt-in) CPU bf16 path ('none' for none)")
     parser.add_argument("--ablation", default=",".join(MOBILE_MODELS),
                         help="models that also get the per-trick paths: channels-last only, +BN folding ('none')")
-    parser.add_argument("--app-checkpoint", type=Path, default=DEFAULT_APP_CHECKPOINT,
-                        help="training checkpoint for the app's architecture while no trained weights are bundled")
     parser.add_argument("--budget", type=float, default=660,
                         help="seconds; models not started within it are skipped and listed (default 660)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
@@ -922,8 +871,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.compile_models = [] if args.compile == "none" else args.compile.split(",")
     args.bf16_models = [] if args.bf16 == "none" else args.bf16.split(",")
     args.ablation_models = [] if args.ablation == "none" else args.ablation.split(",")
-    if args.app_checkpoint is not None and not args.app_checkpoint.is_file():
-        args.app_checkpoint = None
     if args.real_images is not None and not args.real_images.is_dir():
         args.real_images = None
     return args
