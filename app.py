@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import importlib.util
 import os
 import sys
 import tempfile
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
@@ -29,6 +29,7 @@ from PIL import Image
 
 from refinenet import demo, zoo
 from refinenet.inference import ImageLoadError
+from refinenet.runtime import ComputeThread
 from refinenet.visualize import COLORMAPS, REDUCTIONS, SCALINGS
 
 HERE = Path(__file__).resolve().parent
@@ -55,10 +56,6 @@ PICTURE_TTL_SECONDS = 30 * 60
 JPEG_QUALITY = 90
 # What a segmentation returns: the state, 13 panels and the timing line.
 SEGMENT_OUTPUTS = 15
-# The three groups of panels (segmentation, block outputs, CRP) are drawn at the same time: numpy,
-# torch and Pillow release the GIL in their heavy loops, so they overlap a little (on 2 idle
-# cores ~23 ms instead of ~28 ms: most of the drawing is Python-bound).
-RENDER_POOL = ThreadPoolExecutor(max_workers=3, thread_name_prefix="render")
 
 try:  # ZeroGPU on Hugging Face Spaces: borrow a GPU only while the network runs.
     import spaces
@@ -204,13 +201,30 @@ def undecoded_upload(payload):
 # The application
 
 
+def on_compute_thread(handler):
+    """Run an event handler on the app's compute thread, whatever thread Gradio calls it on.
+
+    All torch work of the demo (loading models, the network, the views) happens on that one
+    thread: on the CPU a parallel op started from many threads is about 1.5x slower (see
+    :class:`refinenet.runtime.ComputeThread`). It also serialises the requests, which on a
+    small CPU only share its cores anyway.
+    """
+
+    @functools.wraps(handler)
+    def run(self, *args, **kwargs):
+        return self.compute.run(handler, self, *args, **kwargs)
+
+    return run
+
+
 class DemoApp:
     """The model cache, the download folder and the event handlers of one running demo."""
 
     def __init__(self, default_model: str | None = None, device: str | None = None) -> None:
+        self.compute = ComputeThread()
         self.models = demo.SegmenterCache(device=device)
         self.downloads = Path(tempfile.mkdtemp(prefix="refinenet-app-"))
-        self.default_model, self.startup_notes = self._choose_default(default_model)
+        self.default_model, self.startup_notes = self.compute.run(self._choose_default, default_model)
 
     # -- models -------------------------------------------------------------------------------
 
@@ -249,6 +263,7 @@ class DemoApp:
         except Exception as error:
             raise user_error(f"The model {name!r} could not be loaded: {error}", title="Model not available") from error
 
+    @on_compute_thread
     def load_model(self, name: str, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
         """Load a zoo model, Hub repo id or local model folder, and make it the selected model."""
         name = (name or "").strip()
@@ -264,6 +279,7 @@ class DemoApp:
                   f"loaded in {time.perf_counter() - tick:.1f} s).")
         return gr.Dropdown(choices=self.model_choices(), value=name), status
 
+    @on_compute_thread
     def layout_for(self, name: str):
         """The CRP block choices of a newly selected model (its blocks may differ)."""
         names = self.segmenter_for(name)[1].config.block_names
@@ -309,6 +325,7 @@ class DemoApp:
         except (OSError, RuntimeError, ValueError) as error:
             raise user_error(f"Segmentation failed: {error}", title="Segmentation failed") from error
 
+    @on_compute_thread
     def segment(self, image, model_name, opacity, reduction, scaling, colormap, top_k, crp_block):
         """Segment an image and render every panel."""
         result = network_run(image, model_name)
@@ -317,13 +334,10 @@ class DemoApp:
         crp_block = crp_block if crp_block in blocks else default_crp_block(blocks)
         # Plain values, not gr.update(...): an update makes Gradio rebuild the component and its
         # API schema for the session (~7 ms each). The block choices are set when a model loads.
-        jobs = (RENDER_POOL.submit(self.segmentation_views, result, opacity),
-                RENDER_POOL.submit(self.stages_html, result, reduction, scaling, colormap, top_k),
-                RENDER_POOL.submit(self.crp_html, result, crp_block, reduction, scaling, colormap))
-        segmentation, stages, (crp, crp_context) = (job.result() for job in jobs)
+        crp, crp_context = self.crp_html(result, crp_block, reduction, scaling, colormap)
         views = (
-            *segmentation,
-            stages, crp_block, crp, crp_context,
+            *self.segmentation_views(result, opacity),
+            self.stages_html(result, reduction, scaling, colormap, top_k), crp_block, crp, crp_context,
             None, None, "Choose a path to switch off.", "none",
             demo.render_architecture(result),
         )
@@ -356,10 +370,12 @@ class DemoApp:
                            title="Nothing to show yet")
         return result
 
+    @on_compute_thread
     def overlay(self, result, opacity):
         """Re-blend the label colours at a new opacity (no network run)."""
         return self.picture(demo.render_overlay(self._cached(result), opacity))
 
+    @on_compute_thread
     def features(self, result, reduction, scaling, colormap, top_k):
         """RefineNet-4 … RefineNet-1 outputs with a reduction and scaling (no network run)."""
         return self.stages_html(self._cached(result), reduction, scaling, colormap, top_k)
@@ -372,6 +388,7 @@ class DemoApp:
             raise user_error("top-k must be between 1 and 16.")
         return demo.stages_grid(result, reduction, scaling, colormap, k)
 
+    @on_compute_thread
     def crp(self, result, block, reduction, scaling, colormap):
         """Chained residual pooling of one block: input, branches, running sums (no network run)."""
         return self.crp_html(self._cached(result), block, reduction, scaling, colormap)
@@ -385,6 +402,7 @@ class DemoApp:
         return (demo.crp_grid(result, block, reduction, scaling, colormap),
                 demo.crp_context_markdown(result, block))
 
+    @on_compute_thread
     def ablate(self, result, path, opacity):
         """Switch off one backbone path (1/4, 1/8, 1/16, 1/32) and show what changed."""
         result = self._cached(result)
@@ -540,7 +558,9 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         view_inputs = [opacity, reduction, scaling, colormap, top_k, crp_block]
         outputs = [state, overlay, legend, confidence, download, stages, crp_block, crp, crp_context,
                    ablated, changes, ablation_summary, path, architecture, timing]
-        network_options = dict(concurrency_limit=app_concurrency(), concurrency_id="network")
+        # One network event at a time (all torch work runs on the app's one compute thread anyway);
+        # the queue shows waiting users their place.
+        network_options = dict(concurrency_limit=1, concurrency_id="network")
         segment_button.click(app.segment, [image, model, *view_inputs], outputs, api_name="segment",
                              **network_options)
         image.change(app.segment_on_change, [image, model, *view_inputs], outputs, api_visibility="private",
@@ -562,13 +582,6 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         model.input(app.load_model, model, [model, model_status], api_visibility="private",
                     **network_options).success(app.layout_for, model, crp_block, api_visibility="private")
     return blocks
-
-
-def app_concurrency() -> int:
-    """Network runs at a time: one on a CPU (two would only share its cores), two on a GPU."""
-    import torch
-
-    return 2 if torch.cuda.is_available() else 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

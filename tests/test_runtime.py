@@ -7,8 +7,10 @@ must agree to 1e-4, bf16 autocast to 1e-2, argmax on at least 99.5 % of pixels.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import itertools
+import threading
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from torch import nn
 import refinenet
 from refinenet.flops import count_macs
 from refinenet.runtime import (
+    ComputeThread,
     FastModel,
     SeparableMaxPool2d,
     fast_path,
@@ -383,3 +386,33 @@ def test_count_macs_leaves_the_model_as_it_was():
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     # MACs scale with the pixel count (every layer is a convolution over the grid).
     assert count_macs(model, (128, 192)).total == pytest.approx(4 * count.total, rel=0.02)
+
+
+def test_compute_thread_runs_every_call_on_one_thread_other_than_the_callers():
+    compute = ComputeThread()
+    seen = []
+    callers = [threading.Thread(target=lambda: seen.append(compute.run(threading.get_ident))) for _ in range(4)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    seen.append(compute.run(threading.get_ident))
+    assert len(set(seen)) == 1 and seen[0] != threading.get_ident()
+    assert compute.run(compute.is_current) and not compute.is_current()
+
+
+def test_compute_thread_is_reentrant_carries_context_and_raises_errors():
+    compute = ComputeThread()
+    # A call made from the compute thread runs inline: waiting for the thread itself would hang.
+    done = []
+    nested = threading.Thread(target=lambda: done.append(compute.run(lambda: compute.run(lambda: 7))), daemon=True)
+    nested.start()
+    nested.join(timeout=10)
+    assert done == [7]
+    # Context variables of the caller (Gradio's progress tracker is one) are visible in the call.
+    var = contextvars.ContextVar("request", default=None)
+    var.set("caller's value")
+    assert compute.run(var.get) == "caller's value"
+    with pytest.raises(ZeroDivisionError):
+        compute.run(lambda: 1 / 0)
+    assert compute.run(lambda: "still serving") == "still serving"
