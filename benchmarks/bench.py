@@ -105,15 +105,21 @@ def build(name: str) -> tuple[torch.nn.Module, dict]:
     title, builder = ARCHITECTURES[name]
     torch.manual_seed(0)
     if name == APP_MODEL:
-        folder = _zoo_folder(APP_ZOO_ID)
-        if folder is None:
-            raise SystemExit(f"the app's default model {APP_ZOO_ID} has no bundled weights")
-        return load_folder(folder), {"title": title, "weights": f"trained ({folder.relative_to(REPO)})",
-                                     "trained": True}
+        folder, info = _app_model()
+        return load_folder(folder), info
     model = builder()
     return calibrate(model).eval(), {
         "title": title, "weights": "random weights (architecture only; BN statistics from random images)",
         "trained": False}
+
+
+def _app_model() -> tuple[Path, dict]:
+    """The folder of the app's default model and its description (nothing loaded)."""
+    folder = _zoo_folder(APP_ZOO_ID)
+    if folder is None:
+        raise SystemExit(f"the app's default model {APP_ZOO_ID} has no bundled weights")
+    return folder, {"title": ARCHITECTURES[APP_MODEL][0], "weights": f"trained ({folder.relative_to(REPO)})",
+                    "trained": True}
 
 
 def calibrate(model: torch.nn.Module) -> torch.nn.Module:
@@ -406,10 +412,11 @@ def measure_app(args, device: torch.device) -> dict:
 
     from gradio.state_holder import SessionState
 
-    _, info = build(APP_MODEL)
+    # Nothing of torch runs on this thread: as in the server, the app's compute thread does it all
+    # (a second thread's OpenMP team would slow the network down; runtime.ComputeThread says why).
+    folder, info = _app_model()
     size = args.app_size
     with tempfile.TemporaryDirectory(prefix="refinenet-bench-") as tmp:
-        folder = _zoo_folder(APP_ZOO_ID)
         image_path = _app_image(args.real_images, size, Path(tmp))
         demo_app = app_module.DemoApp(str(folder), str(device))
         blocks = app_module.build_demo(demo_app)
