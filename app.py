@@ -523,7 +523,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             colormap = gr.Dropdown(list(COLORMAPS), value="viridis", label="Colour map (perceptually uniform)")
             top_k = gr.Slider(1, 8, value=4, step=1, label="k for top-k channels")
         default_config = app.models.get(app.default_model).config
-        stages = gr.HTML(label="Block outputs, deep to shallow", show_label=True, elem_id="stages")
+        stages = gr.HTML(label="Block outputs, deep to shallow", show_label=True, container=True, elem_id="stages")
 
         gr.Markdown("## Chained residual pooling")
         with gr.Row():
@@ -535,7 +535,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                 crp_context = gr.Markdown()
             with gr.Column(scale=3):
                 crp = gr.HTML(label="CRP: input and branches (top), windows and running sums (bottom)",
-                              show_label=True, elem_id="crp")
+                              show_label=True, container=True, elem_id="crp")
 
         gr.Markdown("## Path ablation")
         with gr.Row():
