@@ -439,15 +439,11 @@ class ComputeThread:
 
     def __init__(self, name: str = "torch-compute") -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._thread: threading.Thread | None = None
-        self._executor.submit(self._remember_thread).result()
-
-    def _remember_thread(self) -> None:
-        self._thread = threading.current_thread()
+        self._thread = self._executor.submit(threading.current_thread).result()
 
     def run(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """``fn(*args, **kwargs)`` on the compute thread; its exceptions are raised here."""
-        if threading.current_thread() is self._thread:
+        if self.is_current():
             return fn(*args, **kwargs)
         context = contextvars.copy_context()
         return self._executor.submit(context.run, fn, *args, **kwargs).result()
