@@ -73,9 +73,10 @@ def test_eval_command_matches_an_independent_computation(tmp_path):
                  "--out", str(out), "--device", "cpu"]) == 0
     result = json.loads(out.read_text())
 
-    cm = np.zeros((3, 3), np.int64)
+    per_image = {}
     mean, std = np.array(model.config.mean), np.array(model.config.std)
     for stem in ["a", "b"]:
+        cm = per_image[stem] = np.zeros((3, 3), np.int64)
         rgb = np.asarray(Image.open(tmp_path / "data" / "test" / f"{stem}.png").convert("RGB"), np.float64) / 255
         x = torch.from_numpy(((rgb - mean) / std).transpose(2, 0, 1)).float()[None]
         with torch.no_grad():
@@ -84,5 +85,13 @@ def test_eval_command_matches_an_independent_computation(tmp_path):
         for t, p in zip(label.ravel(), pred.ravel(), strict=True):
             if t != 3:
                 cm[t, p] += 1
-    assert result["confusion_matrix"] == cm.tolist()
+    assert result["confusion_matrix"] == (per_image["a"] + per_image["b"]).tolist()
     assert result["images"] == 2 and set(result["per_class_iou"]) == {"x", "y", "z"}
+
+    # --every 2 keeps every second image in file order: only "a".
+    assert main(["eval", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--split", "test",
+                 "--out", str(out), "--device", "cpu", "--every", "2"]) == 0
+    sampled = json.loads(out.read_text())
+    assert sampled["images"] == 1 and sampled["every"] == 2
+    assert sampled["confusion_matrix"] == per_image["a"].tolist()
+    assert main(["eval", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--every", "0"]) == 2

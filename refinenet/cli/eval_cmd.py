@@ -6,6 +6,8 @@ Example (CamVid test split, single scale, then with multi-scale and flip)::
         --out results.json --confusion confusion.png
     refinenet eval --model camvid-refinenet-mobilenetv2 --data ../shared/data/camvid --split test \
         --scales 0.75,1,1.25 --flip --out results-ms-flip.json
+    refinenet eval --model voc-refinenet-mobilenetv2 --data ../shared/data/voc2007-pseudo --split train \
+        --every 27      # 100 of the 2,700 training photos: how closely the model fits what it saw
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.utils.data import Subset
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +34,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--confusion", type=Path, default=None, help="write a confusion-matrix PNG here")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--every", type=int, default=1, metavar="N",
+                        help="evaluate every N-th image of the split, in file order (default 1: all); a quick "
+                             "sample, e.g. of the training photos to see how closely a model fits them")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,16 +52,21 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"error: --scales must be numbers separated by commas, not {args.scales!r}", file=sys.stderr)
         return 2
+    if args.every < 1:
+        print(f"error: --every must be a whole number of at least 1, not {args.every}", file=sys.stderr)
+        return 2
     device = select_device(args.device)
     model = from_pretrained(str(args.model)).to(device, memory_format=torch.channels_last).eval()
     config = model.config
     kind = args.dataset or ("camvid" if (args.data / f"{args.split.split('+')[0]}annot").is_dir() else "folders")
     dataset = build_dataset(kind, args.data, args.split, EvalTransform(config.mean, config.std))
+    if args.every > 1:
+        dataset = Subset(dataset, range(0, len(dataset), args.every))
     ignore = args.ignore_index if args.ignore_index is not None else config.ignore_index
     names = config.class_names or [str(i) for i in range(config.num_classes)]
     result = evaluate_model(model, dataset, config.num_classes, ignore, names, scales, args.flip, device)
     result.update({"model": str(args.model), "dataset": kind, "data": str(args.data), "split": args.split,
-                   "ignore_index": ignore})
+                   "every": args.every, "ignore_index": ignore})
     width = max(len(n) for n in names)
     for name, iou in result["per_class_iou"].items():
         print(f"  {name:<{width}}  {'-' if iou is None else f'{iou:5.1f}'}")
