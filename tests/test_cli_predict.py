@@ -113,6 +113,23 @@ def test_same_stems_do_not_overwrite_each_other(tiny_model_folder, tmp_path):
     assert not np.array_equal(first, second)
 
 
+def test_without_a_model_the_apps_default_is_used(tmp_path):
+    """No ``--model``: the zoo's first model (the app's default, bundled) segments the shipped cat
+    photo, and the labels are that model's."""
+    from refinenet import zoo
+
+    photo = Path(__file__).resolve().parents[1] / "assets" / "chelsea-the-cat.jpg"
+    out = tmp_path / "out"
+    assert main(["predict", str(photo), "--out", str(out), "--device", "cpu"]) == 0
+    default = from_pretrained(zoo.list_models()[0].model_id)
+    expected = Segmenter(default, device="cpu").predict(photo).label_map
+    with Image.open(out / "chelsea-the-cat_labels.png") as labels:
+        values = np.asarray(labels)
+    assert np.array_equal(values, expected)
+    if "cat" in default.config.class_names:  # the VOC model: the photo is mostly cat
+        assert np.mean(values == default.config.class_names.index("cat")) > 0.3
+
+
 def test_a_missing_model_is_a_clear_error(inputs, tmp_path, capsys):
     code = main(["predict", str(inputs[0]), "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path)])
     assert code == 1

@@ -1,4 +1,6 @@
-"""``refinenet predict IMAGE... --model M --out DIR``: segment images, write label maps and overlays.
+"""``refinenet predict IMAGE... [--model M] --out DIR``: segment images, write label maps and overlays.
+
+Without ``--model`` the zoo's first model is used: the one the app opens with.
 
 For every input ``photo.jpg`` two files are written to ``DIR``:
 
@@ -54,8 +56,10 @@ def _max_side(text: str) -> int:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", type=Path, help="image files to segment")
-    parser.add_argument("--model", "-m", required=True,
-                        help="a model folder (config.json + model.safetensors), a zoo id or a Hub repo id")
+    parser.add_argument("--model", "-m", default=None,
+                        help="a model folder (config.json + model.safetensors), a zoo id or a Hub repo id "
+                             "(default: the zoo's first model, the one the app opens with; "
+                             "`python -m refinenet.zoo` lists them)")
     parser.add_argument("--out", "-o", type=Path, default=Path("predictions"),
                         help="output folder (created if needed; default: ./predictions)")
     parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (CUDA, then MPS, then CPU)")
@@ -88,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
     from refinenet.inference import ImageLoadError, Segmenter
     from refinenet.visualize import label_map_to_png, overlay
 
+    if args.model is None:
+        from refinenet.zoo import list_models
+
+        args.model = list_models()[0].model_id
     try:
         model = _load_model(args.model)
         segmenter = Segmenter(model, device=args.device, max_side=args.max_side, scales=args.scales,
