@@ -212,3 +212,32 @@ def set_epoch(dataset: Dataset, epoch: int) -> None:
     for part in parts:
         if isinstance(part, SegmentationFolder):
             part.epoch = epoch
+
+
+def class_mix(images: Tensor, labels: Tensor, probability: float, ignore_index: int,
+              generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """ClassMix (Olsson et al., WACV 2021) on a training batch: with ``probability``, each image
+    receives the pixels of half of the classes (rounded down) present in the previous image of the
+    batch, with their labels.
+
+    Whole class regions move, so objects keep their shapes but appear on new backgrounds and next
+    to new neighbours: with a few thousand photos, a model otherwise learns "chair" partly from
+    the rooms chairs happen to stand in. Ignored pixels (teacher-unsure, crop padding) are never
+    pasted. ``images`` is (B, 3, H, W), ``labels`` (B, H, W); returns new tensors.
+    """
+    if probability <= 0 or images.shape[0] < 2:
+        return images, labels
+    source_images, source_labels = images.roll(1, 0), labels.roll(1, 0)
+    mixed_images, mixed_labels = images.clone(), labels.clone()
+    for i in range(images.shape[0]):
+        if torch.rand((), generator=generator) >= probability:
+            continue
+        classes = source_labels[i].unique()
+        classes = classes[classes != ignore_index]
+        chosen = classes[torch.randperm(len(classes), generator=generator)[:len(classes) // 2]]
+        if len(chosen) == 0:
+            continue
+        mask = torch.isin(source_labels[i], chosen)
+        mixed_images[i] = torch.where(mask, source_images[i], images[i])
+        mixed_labels[i] = torch.where(mask, source_labels[i], labels[i])
+    return mixed_images, mixed_labels

@@ -1,9 +1,10 @@
 """Training: one loop for the 2-core CPU, a GPU, or several processes under ``torchrun``.
 
-Recipe (configs/*.yaml): random scale, crop, flip and mild photometric jitter; AdamW with a
-higher learning rate for the randomly initialised decoder than for the ImageNet backbone; poly
-learning-rate decay per step; cross-entropy that ignores the void label. Every epoch ends with a
-checkpoint (model, optimiser, step, random states), so an interrupted run continues where it
+Recipe (configs/*.yaml): random scale, crop, flip and mild photometric jitter, optionally
+ClassMix between the images of a batch; AdamW or SGD with momentum, with a higher learning rate
+for the randomly initialised decoder than for the ImageNet backbone; poly learning-rate decay per
+step; cross-entropy that ignores the void label. Every epoch ends with a checkpoint (model,
+optimiser, step, random states), so an interrupted run continues where it
 stopped with ``--resume``; a finished run is exported as a Hub-layout model folder.
 """
 
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from tqdm import tqdm
 
 from .config import RefineNetConfig
-from .data import EvalTransform, TrainTransform, build_dataset, set_epoch
+from .data import EvalTransform, TrainTransform, build_dataset, class_mix, set_epoch
 from .evaluate import evaluate_model
 from .models import RefineNet, build_model
 
@@ -46,6 +47,7 @@ class TrainConfig:
     crop_size: int = 320
     scale_range: tuple[float, float] = (0.5, 2.0)
     photometric: float = 0.2
+    class_mix: float = 0.0  # share of images that get half the classes of another (data.class_mix)
     optimizer: str = "adamw"  # or "sgd" (momentum 0.9), the Light-Weight RefineNet authors' choice
     lr_backbone: float = 5e-4
     lr_decoder: float = 5e-3
@@ -319,12 +321,15 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
             sampler.set_epoch(epoch)
         loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                             drop_last=True, pin_memory=device.type == "cuda")
+        # Seeded by epoch (and process), like the sampler, so a resumed run mixes the same pairs.
+        mix_generator = torch.Generator().manual_seed((cfg.seed * 1000 + epoch) * 1000 + rank + 1)
         start = time.time()
         losses = []
         net.train()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0,
                    dynamic_ncols=True)
         for x, y in bar:
+            x, y = class_mix(x, y, cfg.class_mix, ignore_index, mix_generator)
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], step, total_steps, cfg.poly_power, cfg.warmup_steps)
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)

@@ -8,7 +8,7 @@ import torch
 from _datagen import make_folder
 from torch.utils.data import ConcatDataset
 
-from refinenet.data import EvalTransform, SegmentationFolder, TrainTransform, build_dataset
+from refinenet.data import EvalTransform, SegmentationFolder, TrainTransform, build_dataset, class_mix
 
 
 def test_folder_pairs_images_and_labels_by_stem(tmp_path):
@@ -77,3 +77,53 @@ def test_voc_style_folders(tmp_path):
     assert len(ds) == 2
     with pytest.raises(FileNotFoundError):
         build_dataset("folders", tmp_path, "val", EvalTransform())
+
+
+def _stripes_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Four 12x12 images whose labels are vertical stripes of four classes (plus an ignored
+    column), each image a distinct constant colour so pasted pixels can be traced to their source."""
+    labels = torch.zeros(4, 12, 12, dtype=torch.int64)
+    for i in range(4):
+        for column in range(12):
+            labels[i, :, column] = (column // 3 + i) % 4
+        labels[i, :, 11] = 255
+    images = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 12, 12).clone()
+    return images, labels
+
+
+def test_class_mix_pastes_half_the_classes_of_the_previous_image_with_their_labels():
+    images, labels = _stripes_batch()
+    mixed_images, mixed_labels = class_mix(images, labels, 1.0, 255, torch.Generator().manual_seed(0))
+    for i in range(4):
+        source = (i - 1) % 4
+        pasted = mixed_images[i, 0] == source
+        # Pixels come from this image or the previous one; labels travel with them.
+        assert torch.all(pasted | (mixed_images[i, 0] == i))
+        assert torch.equal(mixed_labels[i][pasted], labels[source][pasted])
+        assert torch.equal(mixed_labels[i][~pasted], labels[i][~pasted])
+        # Whole classes move: exactly two of the source's four, every pixel of each, never the ignored ones.
+        moved = set(labels[source][pasted].tolist())
+        assert len(moved) == 2 and 255 not in moved
+        assert torch.equal(pasted, torch.isin(labels[source], torch.tensor(sorted(moved))))
+    # The inputs are untouched.
+    assert torch.equal(images, _stripes_batch()[0]) and torch.equal(labels, _stripes_batch()[1])
+
+
+def test_class_mix_probability_and_seed():
+    images, labels = _stripes_batch()
+    unchanged = class_mix(images, labels, 0.0, 255, torch.Generator().manual_seed(0))
+    assert torch.equal(unchanged[0], images) and torch.equal(unchanged[1], labels)
+    a = class_mix(images, labels, 0.5, 255, torch.Generator().manual_seed(3))
+    b = class_mix(images, labels, 0.5, 255, torch.Generator().manual_seed(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # Over many draws about half the images are mixed.
+    generator = torch.Generator().manual_seed(1)
+    mixed = sum(int(not torch.equal(class_mix(images, labels, 0.5, 255, generator)[1][i], labels[i]))
+                for _ in range(200) for i in range(4))
+    assert 300 < mixed < 500
+    # An image whose neighbour holds a single class (or only ignored pixels) gets nothing pasted.
+    single = labels.clone()
+    single[3] = 255
+    single[3, :, :5] = 1
+    out = class_mix(images, single, 1.0, 255, torch.Generator().manual_seed(0))
+    assert torch.equal(out[1][0], single[0]) and torch.equal(out[0][0], images[0])
