@@ -4,8 +4,8 @@ Recipe (configs/*.yaml): random scale, crop, flip and mild photometric jitter, o
 ClassMix between the images of a batch; AdamW or SGD with momentum, with a higher learning rate
 for the randomly initialised decoder than for the ImageNet backbone; poly learning-rate decay per
 step; cross-entropy that ignores the void label. Every epoch ends with a checkpoint (model,
-optimiser, step, random states), so an interrupted run continues where it
-stopped with ``--resume``; a finished run is exported as a Hub-layout model folder.
+optimiser, step, random states), so an interrupted run continues where it stopped with
+``--resume``; a finished run is exported as a Hub-layout model folder.
 """
 
 from __future__ import annotations
@@ -314,15 +314,16 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
 
     while epoch < cfg.epochs:
         set_epoch(train_set, epoch)
-        generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        # Every random draw of an epoch is seeded by (seed, epoch), so a resumed run repeats it exactly.
+        epoch_seed = cfg.seed * 1000 + epoch
+        generator = torch.Generator().manual_seed(epoch_seed)
         sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed) if world > 1 else \
             RandomSampler(train_set, generator=generator)
         if world > 1:
             sampler.set_epoch(epoch)
         loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                             drop_last=True, pin_memory=device.type == "cuda")
-        # Seeded by epoch (and process), like the sampler, so a resumed run mixes the same pairs.
-        mix_generator = torch.Generator().manual_seed((cfg.seed * 1000 + epoch) * 1000 + rank + 1)
+        mix_generator = torch.Generator().manual_seed(epoch_seed * 1000 + rank + 1)
         start = time.time()
         losses = []
         net.train()
