@@ -305,3 +305,16 @@ def test_a_dead_block_is_named_and_cuts_the_deeper_paths(tiny_model, photo, tmp_
                            model_id="tiny", out_dir=tmp_path)
     assert demo.dead_blocks(healthy) == []
     assert "Dead block" not in demo.crp_context_markdown(healthy, "RefineNet-3")
+
+
+def test_labels_from_logits_is_the_argmax_of_the_upsampled_scores_first_class_on_ties():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5, 6, 8)).astype(np.float32)
+    logits[3] = logits[1] = logits.max(axis=0) + 1.0  # classes 1 and 3 tie everywhere, above the rest
+    labels = demo.labels_from_logits(logits, (24, 32))
+    assert labels.shape == (24, 32) and labels.dtype == np.uint8
+    assert (labels == 1).all()  # the first of the tied classes, as numpy's and torch's argmax
+    logits = rng.normal(size=(5, 6, 8)).astype(np.float32)
+    up = torch.nn.functional.interpolate(torch.from_numpy(logits)[None], size=(24, 32), mode="bilinear",
+                                         align_corners=False)[0].numpy()
+    assert np.array_equal(demo.labels_from_logits(logits, (24, 32)), up.argmax(axis=0))
