@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import refinenet  # noqa: E402
+from refinenet.data import VOC_PSEUDO_ROOT  # noqa: E402
 from refinenet.flops import count_macs  # noqa: E402
 from refinenet.runtime import eager_baseline, fast_path, synchronize  # noqa: E402
 from refinenet.zoo import bundled_folder, list_models  # noqa: E402
@@ -53,7 +54,7 @@ from refinenet.zoo import bundled_folder, list_models  # noqa: E402
 APP_MODEL = "refinenet-mobilenetv2"
 APP_ZOO_ID = list_models()[0].model_id
 # Photos of the kind the app's default model is for (read in place, never copied).
-DEFAULT_REAL_IMAGES = REPO.parent / "shared" / "data" / "voc2007-pseudo" / "val" / "images"
+DEFAULT_REAL_IMAGES = (REPO / VOC_PSEUDO_ROOT / "val" / "images").resolve()
 MOBILE_MODELS = ("lw-mobilenetv2", "refinenet-mobilenetv2")
 HEAVY_MACS = 100e9  # models above this (at 512x512) get fewer repeats and a smaller batch on the CPU
 

@@ -77,6 +77,9 @@ class RefineNetConfig:
     license: str | None = None
     datasets: list[str] = field(default_factory=list)
     description: str = ""
+    # Where the backbone's weights started from before training (provenance and licence), e.g.
+    # torchvision's ImageNet weights or a segmentation teacher's encoder.
+    backbone_init: str = ""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:

@@ -8,6 +8,7 @@ with a naming convention. Images and labels are paired by file stem.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,9 +32,66 @@ VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
                "tvmonitor")
 
 
+# Where the project's datasets live, relative to the checkout (the one place that names them).
+SHARED_DATA = Path("..") / "shared" / "data"
+CAMVID_ROOT = SHARED_DATA / "camvid"
+VOC_PSEUDO_ROOT = SHARED_DATA / "voc2007-pseudo"
+DEFAULT_ROOTS = {"camvid": CAMVID_ROOT, "voc2007-pseudo": VOC_PSEUDO_ROOT}
+BOXES_FILE = "boxes.json"
+
+
 def default_camvid_root() -> Path:
     """``../shared/data/camvid`` relative to the current directory (the project's checkout)."""
-    return Path("..") / "shared" / "data" / "camvid"
+    return CAMVID_ROOT
+
+
+def read_boxes(path: str | Path) -> dict[str, list[list[int]]]:
+    """``{"<stem>": [[class, x0, y0, x1, y1], ...]}`` (pixel corners, x1 and y1 exclusive)."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping from image stem to a list of boxes")
+    return {str(k): [[int(v) for v in box] for box in boxes] for k, boxes in data.items()}
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """Where a training crop came from: the photo was resized to ``height x width``, padded to at
+    least the crop size, cropped at (``top``, ``left``) and maybe mirrored.
+
+    Knowing it lets anything drawn in photo coordinates (human boxes) follow the pixels into the
+    crop, and tells which crop pixels are padding rather than photo.
+    """
+
+    scale_x: float
+    scale_y: float
+    height: int
+    width: int
+    top: int
+    left: int
+    size: int
+    flipped: bool
+
+    def boxes(self, boxes: Tensor) -> Tensor:
+        """``K x 5`` boxes (class, x0, y0, x1, y1) in photo pixels -> crop pixels, clipped to the
+        crop; boxes that fall outside it are dropped."""
+        if boxes.numel() == 0:
+            return boxes.reshape(0, 5)
+        out = boxes.clone().float()
+        out[:, [1, 3]] = (out[:, [1, 3]] * self.scale_x).round() - self.left
+        out[:, [2, 4]] = (out[:, [2, 4]] * self.scale_y).round() - self.top
+        out[:, 1:] = out[:, 1:].clamp(0, self.size)
+        if self.flipped:
+            out[:, [1, 3]] = self.size - out[:, [3, 1]]
+        keep = (out[:, 3] > out[:, 1]) & (out[:, 4] > out[:, 2])
+        return out[keep]
+
+    def photo_region(self) -> Tensor:
+        """(y0, x0, y1, x1): the part of the crop covered by the photo (the rest is padding)."""
+        y1 = min(self.size, self.height - self.top)
+        x0, x1 = 0, min(self.size, self.width - self.left)
+        if self.flipped:
+            x0, x1 = self.size - x1, self.size - x0
+        return torch.tensor([0, x0, y1, x1], dtype=torch.long)
 
 
 @dataclass
@@ -54,6 +112,12 @@ class TrainTransform:
     ignore_index: int = 255
 
     def __call__(self, image: Image.Image, label: Image.Image, rng: random.Random) -> tuple[Tensor, Tensor]:
+        x, y, _ = self.apply(image, label, rng)
+        return x, y
+
+    def apply(self, image: Image.Image, label: Image.Image,
+              rng: random.Random) -> tuple[Tensor, Tensor, CropGeometry]:
+        """The augmented crop, its label and the :class:`CropGeometry` that made it."""
         scale = rng.uniform(*self.scale_range)
         w, h = image.size
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -66,11 +130,13 @@ class TrainTransform:
         left = rng.randint(0, x.shape[2] - self.crop_size)
         x = x[:, top:top + self.crop_size, left:left + self.crop_size]
         y = y[top:top + self.crop_size, left:left + self.crop_size]
-        if self.flip and rng.random() < 0.5:
+        flipped = self.flip and rng.random() < 0.5
+        if flipped:
             x, y = x.flip(-1), y.flip(-1)
         if self.photometric > 0:
             x = _jitter(x, self.photometric, rng)
-        return normalize(x, self.mean, self.std), y
+        geometry = CropGeometry(size[0] / w, size[1] / h, size[1], size[0], top, left, self.crop_size, flipped)
+        return normalize(x, self.mean, self.std), y, geometry
 
 
 @dataclass
@@ -123,6 +189,11 @@ class SegmentationFolder(Dataset):
 
     ``split_file`` (optional) lists the stems to use, one per line, as VOC's ImageSets do.
     Label PNGs hold class indices (palette PNGs are read by index, not by colour).
+
+    With ``boxes_file`` (human bounding boxes, see :func:`read_boxes`) every sample is
+    ``(image, label, boxes, photo_region)``: the boxes (``K x 5``) in the sample's own pixel
+    coordinates, crop and flip applied, and the (y0, x0, y1, x1) part of it that is photo, not
+    padding. Collate such samples with :func:`collate_with_boxes`.
     """
 
     images_dir: Path
@@ -130,6 +201,7 @@ class SegmentationFolder(Dataset):
     split_file: Path | None = None
     transform: TrainTransform | EvalTransform = field(default_factory=EvalTransform)
     seed: int = 0
+    boxes_file: Path | None = None
 
     def __post_init__(self) -> None:
         self.images_dir, self.labels_dir = Path(self.images_dir), Path(self.labels_dir)
@@ -148,12 +220,16 @@ class SegmentationFolder(Dataset):
         if not stems:
             raise FileNotFoundError(f"no images found in {self.images_dir}")
         self.samples = [(images[s], labels[s]) for s in stems]
+        self.boxes: list[Tensor] | None = None
+        if self.boxes_file is not None:
+            table = read_boxes(self.boxes_file)
+            self.boxes = [torch.tensor(table.get(s, []), dtype=torch.float32).reshape(-1, 5) for s in stems]
         self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, index: int) -> tuple[Tensor, ...]:
         image_path, label_path = self.samples[index]
         with Image.open(image_path) as im:
             image = im.convert("RGB")
@@ -166,7 +242,13 @@ class SegmentationFolder(Dataset):
             raise ValueError(f"{image_path.name}: image {image.size} and label {label.size} differ in size")
         # Seeded per sample and epoch: reproducible, yet different crops every epoch.
         rng = random.Random(hash((self.seed, self.epoch, index)) & 0xFFFFFFFF)
-        return self.transform(image, label, rng)
+        if self.boxes is None:
+            return self.transform(image, label, rng)
+        if isinstance(self.transform, TrainTransform):
+            x, y, geometry = self.transform.apply(image, label, rng)
+            return x, y, geometry.boxes(self.boxes[index]), geometry.photo_region()
+        x, y = self.transform(image, label, rng)
+        return x, y, self.boxes[index].clone(), torch.tensor([0, 0, y.shape[0], y.shape[1]])
 
 
 def camvid(root: str | Path | None, split: str, transform: TrainTransform | EvalTransform, seed: int = 0) -> Dataset:
@@ -178,32 +260,79 @@ def camvid(root: str | Path | None, split: str, transform: TrainTransform | Eval
 
 
 def image_label_folders(root: str | Path, split: str, transform: TrainTransform | EvalTransform,
-                        seed: int = 0) -> Dataset:
+                        seed: int = 0, with_boxes: bool = False) -> Dataset:
     """A dataset laid out as ``root/<split>/images`` + ``root/<split>/labels`` (the
-    teacher-labelled VOC 2007 layout), or ``root/images`` + ``root/labels`` with a split list
-    ``root/<split>.txt``. ``split`` may join several with ``+``."""
+    teacher-labelled VOC 2007 layout, whose ``root/<split>/boxes.json`` holds the human boxes
+    that ``with_boxes`` adds to each sample), or ``root/images`` + ``root/labels`` with a split
+    list ``root/<split>.txt``. ``split`` may join several with ``+``."""
     root = Path(root)
     sets = []
     for part in split.split("+"):
         if (root / part / "images").is_dir():
+            boxes = root / part / BOXES_FILE
+            if with_boxes and not boxes.is_file():
+                raise FileNotFoundError(f"{boxes} not found: this split has no human boxes")
             sets.append(SegmentationFolder(root / part / "images", root / part / "labels", transform=transform,
-                                           seed=seed))
+                                           seed=seed, boxes_file=boxes if with_boxes else None))
         else:
             sets.append(SegmentationFolder(root / "images", root / "labels", root / f"{part}.txt",
                                            transform=transform, seed=seed))
     return sets[0] if len(sets) == 1 else ConcatDataset(sets)
 
 
+def has_boxes(root: str | Path, split: str) -> bool:
+    """Whether every part of ``split`` under ``root`` comes with human boxes (``boxes.json``)."""
+    return all((Path(root) / part / BOXES_FILE).is_file() for part in split.split("+"))
+
+
 def build_dataset(kind: str, root: str | Path | None, split: str, transform: TrainTransform | EvalTransform,
-                  seed: int = 0) -> Dataset:
-    """``kind`` is ``camvid`` or ``folders`` (see :func:`image_label_folders`)."""
+                  seed: int = 0, with_boxes: bool = False) -> Dataset:
+    """``kind`` is ``camvid``, ``folders`` (see :func:`image_label_folders`) or
+    ``voc2007-pseudo`` (folders, at :data:`VOC_PSEUDO_ROOT` unless ``root`` says otherwise)."""
     if kind == "camvid":
+        if with_boxes:
+            raise ValueError("CamVid has no human boxes")
         return camvid(root, split, transform, seed)
-    if kind == "folders":
+    if kind in ("folders", "voc2007-pseudo"):
+        root = root if root is not None else DEFAULT_ROOTS.get(kind)
         if root is None:
             raise ValueError("a 'folders' dataset needs a root path")
-        return image_label_folders(root, split, transform, seed)
-    raise ValueError(f"unknown dataset kind {kind!r}; expected 'camvid' or 'folders'")
+        return image_label_folders(root, split, transform, seed, with_boxes)
+    raise ValueError(f"unknown dataset kind {kind!r}; expected 'camvid', 'folders' or 'voc2007-pseudo'")
+
+
+def collate_with_boxes(batch: Sequence[tuple[Tensor, ...]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Stack ``(image, label, boxes, photo_region)`` samples; boxes are padded to the batch's
+    largest count with background boxes of no area, which allow nothing new."""
+    images = torch.stack([b[0] for b in batch])
+    labels = torch.stack([b[1] for b in batch])
+    most = max(1, max(len(b[2]) for b in batch))
+    boxes = torch.zeros(len(batch), most, 5)
+    for i, b in enumerate(batch):
+        boxes[i, :len(b[2])] = b[2]
+    return images, labels, boxes, torch.stack([b[3] for b in batch])
+
+
+def allowed_classes(boxes: Tensor, photo_region: Tensor, num_classes: int, size: tuple[int, int],
+                    margin: int = 3) -> Tensor:
+    """``B x classes x H x W`` booleans: which classes the human boxes allow at each pixel.
+
+    Background is allowed everywhere on the photo; an object class only inside a box of that
+    class, grown by ``margin`` pixels (the rule the box-constrained labels were made with).
+    Padding allows nothing. ``boxes`` is ``B x K x 5`` as :func:`collate_with_boxes` makes it.
+    """
+    h, w = size
+    allowed = torch.zeros(boxes.shape[0], num_classes, h, w, dtype=torch.bool)
+    for i in range(boxes.shape[0]):
+        y0, x0, y1, x1 = (int(v) for v in photo_region[i])
+        allowed[i, 0, y0:y1, x0:x1] = True
+        for c, bx0, by0, bx1, by1 in boxes[i].round().long().tolist():
+            if 0 < c < num_classes and bx1 > bx0 and by1 > by0:
+                allowed[i, c, max(0, by0 - margin):by1 + margin, max(0, bx0 - margin):bx1 + margin] = True
+        region = torch.zeros(h, w, dtype=torch.bool)
+        region[y0:y1, x0:x1] = True
+        allowed[i] &= region
+    return allowed
 
 
 def set_epoch(dataset: Dataset, epoch: int) -> None:

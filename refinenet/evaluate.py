@@ -4,6 +4,13 @@ Conventions (the usual ones for CamVid and PASCAL VOC): pixels labelled ``ignore
 left out entirely; IoU of class c is ``TP / (TP + FP + FN)``; a class that appears neither in
 the ground truth nor in the predictions has no IoU (NaN) and is left out of the mean, while a
 class that is predicted but never present scores 0.
+
+Where the data has human bounding boxes (the teacher-labelled VOC photos), two more figures are
+measured against them rather than against labels a teacher predicted: *found*, the share of
+boxes in which the model gives at least 10% of the box's pixels the box's class, and
+*outside*, the share of the pixels given an object class that lie outside every box of that
+class. IoU against teacher labels rewards copying the teacher, mistakes included; these two
+say whether the objects people outlined are there, and nothing is painted where none was.
 """
 
 from __future__ import annotations
@@ -51,6 +58,72 @@ def metrics_from_confusion(confusion: Tensor | np.ndarray, class_names: Sequence
     }
 
 
+FOUND_SHARE = 0.10  # a box counts as found when the model gives its class to 10% of its pixels
+SMALL_BOX = 0.02  # boxes under 2% of the photo are "small" (they are what stride 16 loses)
+
+
+class BoxCounts:
+    """Per-class counts behind *found* and *outside*, accumulated image by image.
+
+    Class 0 (background) has no boxes and is never "outside"; boxes are ``[class, x0, y0, x1,
+    y1]`` in the prediction's pixels, with x1 and y1 exclusive.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.boxes = np.zeros(num_classes, np.int64)
+        self.found = np.zeros(num_classes, np.int64)
+        self.small_boxes = np.zeros(num_classes, np.int64)
+        self.small_found = np.zeros(num_classes, np.int64)
+        self.predicted = np.zeros(num_classes, np.int64)  # pixels given each class
+        self.outside = np.zeros(num_classes, np.int64)  # of those, outside every box of the class
+
+    def add(self, prediction: Tensor, boxes: Tensor | Sequence[Sequence[int]]) -> None:
+        """One image: ``prediction`` is ``H x W`` class indices, ``boxes`` ``K x 5``."""
+        pred = torch.as_tensor(prediction).long()
+        h, w = pred.shape
+        inside = torch.zeros(self.num_classes, h, w, dtype=torch.bool)
+        for c, x0, y0, x1, y1 in torch.as_tensor(boxes).reshape(-1, 5).round().long().tolist():
+            if not 0 < c < self.num_classes:
+                continue
+            x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            inside[c, y0:y1, x0:x1] = True
+            found = (pred[y0:y1, x0:x1] == c).float().mean().item() >= FOUND_SHARE
+            small = (x1 - x0) * (y1 - y0) < SMALL_BOX * h * w
+            self.boxes[c] += 1
+            self.found[c] += found
+            self.small_boxes[c] += small
+            self.small_found[c] += found and small
+        counts = torch.bincount(pred.reshape(-1), minlength=self.num_classes)[: self.num_classes]
+        gathered = inside.gather(0, pred.clamp(0, self.num_classes - 1)[None])[0]
+        inside_counts = torch.bincount(pred[gathered], minlength=self.num_classes)[: self.num_classes]
+        self.predicted += counts.numpy()
+        self.outside += (counts - inside_counts).numpy()
+        self.predicted[0] = self.outside[0] = 0
+
+    def metrics(self, class_names: Sequence[str] | None = None) -> dict:
+        """Percentages overall and per class (``None`` where a class has no box or no pixel)."""
+
+        def share(part: np.ndarray, whole: np.ndarray) -> list[float | None]:
+            return [float(p / q * 100) if q else None for p, q in zip(part, whole, strict=True)]
+
+        def total(part: np.ndarray, whole: np.ndarray) -> float:
+            return float(part.sum() / whole.sum() * 100) if whole.sum() else float("nan")
+
+        names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
+        return {
+            "found": total(self.found, self.boxes),
+            "found_small": total(self.small_found, self.small_boxes),
+            "outside": total(self.outside, self.predicted),
+            "boxes": int(self.boxes.sum()),
+            "small_boxes": int(self.small_boxes.sum()),
+            "per_class_found": dict(zip(names, share(self.found, self.boxes), strict=True)),
+            "per_class_outside": dict(zip(names, share(self.outside, self.predicted), strict=True)),
+        }
+
+
 def segment_logits(model: nn.Module, x: Tensor, out_size: tuple[int, int], scales: Sequence[float] = (1.0,),
                    flip: bool = False) -> Tensor:
     """Class probabilities at ``out_size``, averaged over input scales and horizontal flips.
@@ -77,18 +150,27 @@ def evaluate_model(model: nn.Module, dataset: Dataset, num_classes: int, ignore_
                    class_names: Sequence[str] | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
                    device: torch.device | str = "cpu", progress: bool = True) -> dict:
     """Evaluate on every image of ``dataset`` at its full resolution (batch 1, so frames of
-    different sizes are fine). Returns :func:`metrics_from_confusion` plus the confusion matrix."""
+    different sizes are fine). Returns :func:`metrics_from_confusion` plus the confusion matrix,
+    and :meth:`BoxCounts.metrics` when the samples carry human boxes (``with_boxes``)."""
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    box_counts = None
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=1)
-    for x, y in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
+        x, y = batch[0], batch[1]
         x = x.to(device).contiguous(memory_format=torch.channels_last)
         probs = segment_logits(model, x, tuple(y.shape[-2:]), scales, flip)
         # max(1).indices: argmax (first index on ties) at a third of the CPU cost of .argmax(1).
-        confusion += confusion_matrix(probs.max(1).indices.cpu(), y, num_classes, ignore_index)
+        prediction = probs.max(1).indices.cpu()
+        confusion += confusion_matrix(prediction, y, num_classes, ignore_index)
+        if len(batch) == 4:
+            box_counts = box_counts or BoxCounts(num_classes)
+            box_counts.add(prediction[0], batch[2][0])
     model.train(was_training)
     result = metrics_from_confusion(confusion, class_names)
+    if box_counts is not None:
+        result.update(box_counts.metrics(class_names))
     result["confusion_matrix"] = confusion.tolist()
     result["scales"] = list(scales)
     result["flip"] = flip

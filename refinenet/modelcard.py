@@ -45,6 +45,8 @@ def _architecture_rows(config: RefineNetConfig, parameters: int | None) -> list[
         ("input normalisation", f"RGB in [0, 1], mean {config.mean}, std {config.std}"),
         ("recommended input size", f"{config.input_size} px"),
     ]
+    if config.backbone_init:
+        rows.insert(2, ("backbone initialisation", config.backbone_init))
     if parameters is not None:
         rows.insert(2, ("parameters", f"{parameters:,}"))
     return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]

@@ -2,14 +2,17 @@
 
 Recipe (configs/*.yaml): random scale, crop, flip and mild photometric jitter, optionally
 ClassMix between the images of a batch; AdamW or SGD with momentum, with a higher learning rate
-for the randomly initialised decoder than for the ImageNet backbone; poly learning-rate decay per
-step; cross-entropy that ignores the void label. Every epoch ends with a checkpoint (model,
-optimiser, step, random states), so an interrupted run continues where it stopped with
-``--resume``; a finished run is exported as a Hub-layout model folder.
+for the randomly initialised decoder than for the pretrained backbone; poly learning-rate decay
+per step; cross-entropy that ignores the void label, optionally plus distillation from a teacher's
+class probabilities on the same crop. The backbone starts from torchvision's ImageNet weights or
+from an encoder state dict in a file (e.g. a segmentation teacher's encoder). Every epoch ends
+with a checkpoint (model, optimiser, step, random states), so an interrupted run continues where
+it stopped; a finished run is exported as a Hub-layout model folder.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -29,7 +32,16 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from tqdm import tqdm
 
 from .config import RefineNetConfig
-from .data import EvalTransform, TrainTransform, build_dataset, class_mix, set_epoch
+from .data import (
+    EvalTransform,
+    TrainTransform,
+    allowed_classes,
+    build_dataset,
+    class_mix,
+    collate_with_boxes,
+    has_boxes,
+    set_epoch,
+)
 from .evaluate import evaluate_model
 from .models import RefineNet, build_model
 
@@ -41,7 +53,16 @@ class TrainConfig:
     name: str
     model: dict[str, Any]
     data: dict[str, Any]
+    # A torchvision weights name ("IMAGENET1K_V1") or a .safetensors file holding the backbone's
+    # state dict (strictly loaded); the model config's mean/std must be the encoder's.
     backbone_weights: str | None = "IMAGENET1K_V1"
+    # "train": backbone batch norms use and update batch statistics; "frozen": they keep the
+    # pretrained statistics (eval mode) while their scale and shift still learn.
+    backbone_bn: str = "train"
+    # Knowledge distillation: {"teacher": folder of teacher.py, "weight": w}. Adds w x KL(teacher
+    # || student) on every photo pixel of the crop, the teacher's probabilities restricted to the
+    # classes the crop's human boxes allow (needs boxes.json in the training split).
+    distill: dict[str, Any] | None = None
     epochs: int = 30
     batch_size: int = 8
     crop_size: int = 320
@@ -62,11 +83,21 @@ class TrainConfig:
     output_dir: str = "runs"
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.backbone_bn not in ("train", "frozen"):
+            raise ValueError(f"backbone_bn must be 'train' or 'frozen', not {self.backbone_bn!r}")
+        if self.distill is not None:
+            if "teacher" not in self.distill:
+                raise ValueError("distill needs a 'teacher' folder (holding teacher.py)")
+            if self.class_mix:
+                raise ValueError("class_mix and distill do not combine: a pasted region has no teacher view")
+
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        raw = yaml.safe_load(Path(path).read_text())
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: a training config must be a YAML mapping")
+        """Read a YAML config. ``base: other.yaml`` (relative to this file) starts from another
+        config and changes only what this one sets (``model`` and ``data`` key by key), so a
+        comparison's variants state just their difference."""
+        raw = _read_yaml_with_base(Path(path))
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -81,6 +112,24 @@ class TrainConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+
+def _read_yaml_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a training config must be a YAML mapping")
+    if "base" not in raw:
+        return raw
+    base_path = (path.parent / raw.pop("base")).resolve()
+    if base_path in seen:
+        raise ValueError(f"{path}: 'base' configs form a loop through {base_path}")
+    merged = _read_yaml_with_base(base_path, (*seen, base_path))
+    for key, value in raw.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 def _distributed() -> tuple[int, int]:
@@ -119,6 +168,76 @@ def zero_init_residual_branches(model: RefineNet) -> None:
     for module in model.modules():
         if isinstance(module, ResidualConvUnit):
             nn.init.zeros_(module.conv2.weight)
+
+
+def load_encoder(model: RefineNet, weights: str | None) -> None:
+    """Initialise the backbone: a torchvision weights name was applied when it was built; a
+    ``.safetensors`` file is loaded here, strictly (every key present, every shape equal)."""
+    if not weights or not weights.endswith(".safetensors"):
+        return
+    from safetensors.torch import load_file
+
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder weights {path} not found (scripts/export_teacher_encoder.py writes them)")
+    state = load_file(str(path))
+    own = model.backbone.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(f"{path} does not fit the {model.config.backbone} backbone: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
+    model.backbone.load_state_dict(state)
+
+
+def freeze_batch_norm_statistics(module: nn.Module) -> None:
+    """Put every batch norm of ``module`` in eval mode: it normalises with its stored statistics
+    and stops updating them (its scale and shift still learn). Call after each ``train()``."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+class Distiller:
+    """A teacher's class probabilities on the student's own augmented crops, and the KL term
+    that pulls the student towards them.
+
+    The teacher (``teacher.py`` in ``folder``, e.g. ``../shared/tools/teacher``) is loaded from
+    outside the package: it is a training-time tool. Its probabilities are restricted to the
+    classes the crop's human boxes allow at each pixel and renormalised, so the student learns
+    the teacher's uncertainty between plausible classes, never a class no box supports.
+    """
+
+    def __init__(self, folder: str | Path, weight: float, mean, std, device: torch.device) -> None:
+        spec = importlib.util.spec_from_file_location("refinenet_teacher", Path(folder) / "teacher.py")
+        if spec is None or spec.loader is None:
+            raise FileNotFoundError(f"no teacher.py in {folder}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        self.teacher = module.Teacher(device)
+        self.weight = float(weight)
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor, allowed: torch.Tensor,
+                size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher probabilities on the normalised crops ``x``, restricted to ``allowed`` and
+        renormalised, averaged down to ``size`` (the student's 1/4 output), with the mask of the
+        output pixels that lie on the photo rather than on padding."""
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cpu"):
+            probs = self.teacher.probs(x * self.std + self.mean)
+        probs = probs.float() * allowed
+        probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-8)
+        probs = F.adaptive_avg_pool2d(probs, size)
+        on_photo = F.adaptive_avg_pool2d(allowed[:, :1].float(), size)[:, 0] > 0.5
+        return probs / probs.sum(1, keepdim=True).clamp_min(1e-8), on_photo
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, on_photo: torch.Tensor) -> torch.Tensor:
+        """Weighted mean KL(targets || softmax(logits)) over the output pixels on the photo."""
+        log_q = F.log_softmax(logits.float(), 1)
+        kl = (targets * (targets.clamp_min(1e-8).log() - log_q)).sum(1)
+        return self.weight * kl[on_photo].mean() if on_photo.any() else kl.sum() * 0
 
 
 def parameter_groups(model: RefineNet, lr_backbone: float, lr_decoder: float) -> list[dict]:
@@ -166,13 +285,22 @@ def autocast_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                ignore_index: int, grad_clip: float | None = None, scaler: torch.amp.GradScaler | None = None,
-               autocast_dtype: torch.dtype | None = None) -> float:
-    """One optimisation step; the loss is computed on logits upsampled to the label size."""
+               autocast_dtype: torch.dtype | None = None,
+               distill: tuple[Distiller, torch.Tensor, torch.Tensor] | None = None) -> float:
+    """One optimisation step; the loss is computed on logits upsampled to the label size.
+
+    ``distill`` is ``(distiller, teacher targets, on-photo mask)`` for the batch, both at the
+    model's output resolution (1/4): the KL term is added to the cross-entropy there, where the
+    student's predictions live, at a sixteenth of the cost of the label size.
+    """
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        logits = model(x)
-        logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        raw = model(x)
+        logits = F.interpolate(raw, size=y.shape[-2:], mode="bilinear", align_corners=False)
         loss = F.cross_entropy(logits.float(), y, ignore_index=ignore_index)
+        if distill is not None:
+            distiller, targets, on_photo = distill
+            loss = loss + distiller.loss(raw, targets, on_photo)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -265,12 +393,21 @@ def build_datasets(cfg: TrainConfig, model_config: RefineNetConfig,
         cfg.crop_size, cfg.scale_range, True, cfg.photometric, model_config.mean, model_config.std, ignore)
     if eval_transform:
         return build_dataset(data.get("kind", "camvid"), data.get("root"), data["train_split"], train_tf), None
-    train = build_dataset(data.get("kind", "camvid"), data.get("root"), data["train_split"], train_tf, cfg.seed)
+    kind, root = data.get("kind", "camvid"), data.get("root")
+    train = build_dataset(kind, root, data["train_split"], train_tf, cfg.seed, with_boxes=cfg.distill is not None)
     val = None
     if data.get("val_split"):
-        val = build_dataset(data.get("kind", "camvid"), data.get("root"), data["val_split"],
-                            EvalTransform(model_config.mean, model_config.std))
+        # Validation reports found/outside too where the split has human boxes.
+        boxed = kind != "camvid" and has_boxes(root or _default_root(kind), data["val_split"])
+        val = build_dataset(kind, root, data["val_split"], EvalTransform(model_config.mean, model_config.std),
+                            with_boxes=boxed)
     return train, val
+
+
+def _default_root(kind: str) -> Path:
+    from .data import DEFAULT_ROOTS
+
+    return DEFAULT_ROOTS.get(kind, Path("."))
 
 
 def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, progress: bool = True) -> Path:
@@ -284,7 +421,9 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else \
         torch.device("cpu")
     model_config = cfg.model_config()
-    model = build_model(model_config, cfg.backbone_weights)
+    torchvision_weights = None if (cfg.backbone_weights or "").endswith(".safetensors") else cfg.backbone_weights
+    model = build_model(model_config, torchvision_weights)
+    load_encoder(model, cfg.backbone_weights)
     zero_init_residual_branches(model)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
@@ -302,6 +441,10 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    distiller = None
+    if cfg.distill:
+        distiller = Distiller(cfg.distill["teacher"], cfg.distill.get("weight", 1.0), model_config.mean,
+                              model_config.std, device)
     autocast_dtype = autocast_dtype_for(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
     # drop_last: every process sees ceil(len/world) samples, in full batches only.
@@ -322,20 +465,30 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
         if world > 1:
             sampler.set_epoch(epoch)
         loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                            drop_last=True, pin_memory=device.type == "cuda")
+                            drop_last=True, pin_memory=device.type == "cuda",
+                            collate_fn=collate_with_boxes if distiller is not None else None)
         mix_generator = torch.Generator().manual_seed(epoch_seed * 1000 + rank + 1)
         start = time.time()
         losses = []
         net.train()
+        if cfg.backbone_bn == "frozen":
+            freeze_batch_norm_statistics(model.backbone)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0,
                    dynamic_ncols=True)
-        for x, y in bar:
-            x, y = class_mix(x, y, cfg.class_mix, ignore_index, mix_generator)
+        for batch in bar:
+            x, y = batch[0], batch[1]
+            if distiller is None:
+                x, y = class_mix(x, y, cfg.class_mix, ignore_index, mix_generator)
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], step, total_steps, cfg.poly_power, cfg.warmup_steps)
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
-            loss = train_step(net, optimizer, x, y, ignore_index, cfg.grad_clip, scaler, autocast_dtype)
+            distill = None
+            if distiller is not None:
+                allowed = allowed_classes(batch[2], batch[3], model_config.num_classes, tuple(y.shape[-2:]))
+                out_size = (y.shape[-2] // 4, y.shape[-1] // 4)
+                distill = (distiller, *distiller.targets(x, allowed.to(device), out_size))
+            loss = train_step(net, optimizer, x, y, ignore_index, cfg.grad_clip, scaler, autocast_dtype, distill)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {step}; lower the learning rate")
             losses.append(loss)
@@ -355,6 +508,11 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
             result = evaluate_model(model, val_set, model_config.num_classes, ignore_index,
                                     model_config.class_names, device=device, progress=progress)
             record["val_mIoU"] = round(result["mIoU"], 2)
+            for key in ("found", "found_small", "outside"):
+                if key in result:
+                    record[f"val_{key}"] = round(result[key], 2)
+            # Every validated epoch keeps its weights, so the best one can be released, not just the last.
+            export_model_folder(model, run_dir / f"model-e{epoch}")
         if rank == 0:
             record["crp_input_positive"] = block_health(model, probe)
             dead = [name for name, share in record["crp_input_positive"].items() if share == 0.0]

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from refinenet.cli import main as refinenet_cli  # noqa: E402
+from refinenet.data import CAMVID_ROOT, VOC_PSEUDO_ROOT  # noqa: E402
 from refinenet.hub import from_pretrained, save_pretrained  # noqa: E402
 from refinenet.models import count_parameters  # noqa: E402
 from refinenet.zoo import hash_folder  # noqa: E402
@@ -61,7 +62,7 @@ VOC_LICENSE_TEXT = (
 # What differs between the datasets a model is released for; everything else is shared.
 DATASETS = {
     "camvid": {
-        "data": Path("../shared/data/camvid"), "split": "test", "metric": "test", "license": "camvid-research-use",
+        "data": CAMVID_ROOT, "split": "test", "metric": "test", "license": "camvid-research-use",
         "license_text": LICENSE_TEXT, "train_note": "the train split is CamVid train+val",
         "results_title": "Results on the CamVid test set",
         "results_text": "11 classes, void (label 11) ignored, the 233 original 480x360 test frames (lossless), "
@@ -70,7 +71,7 @@ DATASETS = {
         "trainonly": "trained on train only (367 frames)",
     },
     "voc": {
-        "data": Path("../shared/data/voc2007-pseudo"), "split": "val", "metric": "val_teacher",
+        "data": VOC_PSEUDO_ROOT, "split": "val", "metric": "val_teacher",
         "license": "voc-research-use", "license_text": VOC_LICENSE_TEXT,
         "train_note": "trained on train/, evaluated on val/",
         "results_title": "Agreement with the teacher on the held-out VOC 2007 photos",

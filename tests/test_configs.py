@@ -47,8 +47,24 @@ def test_config_describes_a_consistent_model(path):
     assert cfg.name == path.stem
     assert len(model.class_names) == model.num_classes == len(model.palette)
     assert cfg.optimizer in ("adamw", "sgd") and 0 < cfg.lr_backbone <= cfg.lr_decoder
-    assert cfg.data["kind"] in ("camvid", "folders") and str(cfg.data["root"]).startswith("../shared/data/")
+    # The data folder is named once, in refinenet.data: configs name the dataset, not its path.
+    assert cfg.data["kind"] in ("camvid", "voc2007-pseudo") and "root" not in cfg.data
     assert model.ignore_index == cfg.data["ignore_index"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_inputs_are_normalised_the_way_the_encoder_was_trained(path):
+    """torchvision's ImageNet weights expect ImageNet's mean and std; the teacher's encoder
+    expects [-1, 1] (mean and std 0.5). A mismatch trains, but from a wrecked encoder."""
+    cfg = TrainConfig.load(path)
+    model = cfg.model_config()
+    if cfg.backbone_weights == "IMAGENET1K_V1":
+        assert model.mean == [0.485, 0.456, 0.406] and model.std == [0.229, 0.224, 0.225]
+        assert "ImageNet" in model.backbone_init or not model.backbone_init
+    else:
+        assert cfg.backbone_weights.endswith(".safetensors")
+        assert model.mean == model.std == [0.5, 0.5, 0.5]
+        assert "DeepLab" in model.backbone_init
 
 
 def test_voc_config_uses_the_standard_classes_and_colours():

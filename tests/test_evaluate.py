@@ -95,3 +95,48 @@ def test_eval_command_matches_an_independent_computation(tmp_path):
     assert sampled["images"] == 1 and sampled["every"] == 2
     assert sampled["confusion_matrix"] == per_image["a"].tolist()
     assert main(["eval", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--every", "0"]) == 2
+
+
+def test_eval_reports_found_and_outside_where_the_split_has_human_boxes(tmp_path):
+    """A folders-layout split with boxes.json: ``refinenet eval`` adds found/outside, and they
+    match a count written here with numpy from the model's own predictions."""
+    import json
+
+    import torch.nn.functional as F
+    from _datagen import make_folder
+    from PIL import Image
+
+    import refinenet
+    from refinenet.cli import main
+    from refinenet.hub import save_pretrained
+
+    split = tmp_path / "data" / "val"
+    make_folder(split / "images", split / "labels", ["a", "b"], size=(40, 32))
+    boxes = {"a": [[1, 0, 0, 20, 16], [2, 20, 16, 40, 32]], "b": [[2, 5, 5, 35, 30]]}
+    (split / "boxes.json").write_text(json.dumps(boxes))
+    torch.manual_seed(3)
+    model = refinenet.refinenet_mobilenetv2(num_classes=3, widths=[16, 16, 16, 16], ignore_index=255).eval()
+    save_pretrained(model, tmp_path / "model")
+    out = tmp_path / "r.json"
+    assert main(["eval", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--split", "val",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    result = json.loads(out.read_text())
+
+    found = total = outside = predicted = 0
+    mean, std = np.array(model.config.mean), np.array(model.config.std)
+    for stem, image_boxes in boxes.items():
+        rgb = np.asarray(Image.open(split / "images" / f"{stem}.png").convert("RGB"), np.float64) / 255
+        x = torch.from_numpy(((rgb - mean) / std).transpose(2, 0, 1)).float()[None]
+        with torch.no_grad():
+            pred = F.interpolate(model(x), size=rgb.shape[:2], mode="bilinear").argmax(1)[0].numpy()
+        inside = np.zeros((3, *pred.shape), bool)
+        for c, x0, y0, x1, y1 in image_boxes:
+            inside[c, y0:y1, x0:x1] = True
+            found += (pred[y0:y1, x0:x1] == c).mean() >= 0.1
+            total += 1
+        for c in (1, 2):
+            predicted += (pred == c).sum()
+            outside += ((pred == c) & ~inside[c]).sum()
+    assert result["boxes"] == 3
+    assert result["found"] == pytest.approx(found / total * 100)
+    assert result["outside"] == pytest.approx(outside / predicted * 100 if predicted else float("nan"), nan_ok=True)

@@ -169,3 +169,103 @@ def test_block_health_reports_a_silenced_block():
         model.refine3.fusion.convs[1].weight.zero_()
     health = block_health(model, x)
     assert health["RefineNet-3"] == 0.0 and health["RefineNet-4"] > 0
+
+
+FAKE_TEACHER = '''
+import torch
+
+
+class Teacher:
+    """A stand-in teacher with the real one's interface: uniform probabilities over 3 classes."""
+
+    def __init__(self, device="cpu"):
+        self.calls = 0
+
+    def probs(self, images, flip=False):
+        self.calls += 1
+        n, _, h, w = images.shape
+        return torch.full((n, 3, h, w), 1 / 3)
+'''
+
+
+def _boxed_data(tmp_path):
+    import json
+
+    root = tmp_path / "data"
+    make_folder(root / "train" / "images", root / "train" / "labels", [str(i) for i in range(4)], size=(48, 40))
+    (root / "train" / "boxes.json").write_text(json.dumps({str(i): [[2, 0, 0, 20, 20]] for i in range(4)}))
+    return root
+
+
+def test_distillation_targets_keep_only_the_classes_the_boxes_allow(tmp_path):
+    from refinenet.train import Distiller
+
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "teacher.py").write_text(FAKE_TEACHER)
+    distiller = Distiller(tmp_path / "teacher", 0.5, (0.5,) * 3, (0.5,) * 3, torch.device("cpu"))
+    allowed = torch.zeros(1, 3, 8, 8, dtype=torch.bool)
+    allowed[:, 0] = True
+    allowed[:, 2, :4, :4] = True  # a class-2 box over the top-left quarter
+    allowed[:, :, 6:] = False     # the last two rows are padding
+    targets, on_photo = distiller.targets(torch.zeros(1, 3, 8, 8), allowed, (4, 4))
+    # Uniform teacher: background and class 2 share the mass inside the box, background alone
+    # outside it; class 1 has no box and gets nothing. Pooled 2x2 to the 4 x 4 output.
+    assert torch.allclose(targets[0, :, :2, :2], torch.tensor([0.5, 0.0, 0.5]).view(3, 1, 1).expand(3, 2, 2))
+    assert torch.allclose(targets[0, :, 2, 2:], torch.tensor([1.0, 0.0, 0.0]).view(3, 1).expand(3, 2))
+    assert on_photo[0, :3].all() and not on_photo[0, 3].any()  # output row 3 is padding
+    assert targets[0, :, 3].sum() == 0
+    # KL is zero when the student already predicts the targets, positive otherwise.
+    logits = targets.clamp_min(1e-12).log()
+    assert distiller.loss(logits, targets, on_photo).item() == pytest.approx(0.0, abs=1e-5)
+    assert distiller.loss(torch.zeros_like(logits), targets, on_photo).item() > 0.1
+
+
+def test_a_distilled_run_with_a_file_encoder_and_frozen_batch_norm(tmp_path):
+    """The VOC recipe's options together on generated data: the encoder comes from a
+    safetensors file (strictly), the teacher from a folder, the backbone's batch-norm statistics
+    stay as loaded, and the run exports a model whose config records the encoder."""
+    from safetensors.torch import save_file
+
+    from refinenet.backbones import build_backbone
+
+    torch.manual_seed(0)
+    encoder = build_backbone("mobilenetv2")
+    with torch.no_grad():
+        encoder.features[0][1].running_mean.fill_(0.25)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp_path / "encoder.safetensors"))
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "teacher.py").write_text(FAKE_TEACHER)
+    cfg = tiny_config(tmp_path, epochs=1, backbone_weights=str(tmp_path / "encoder.safetensors"),
+                      backbone_bn="frozen", distill={"teacher": str(tmp_path / "teacher"), "weight": 1.0},
+                      model=dict(TINY_MODEL, backbone_init="a test encoder"),
+                      data={"kind": "folders", "root": str(_boxed_data(tmp_path)), "train_split": "train",
+                            "ignore_index": 255})
+    run = train(cfg, progress=False)
+    state = load_checkpoint(run / "last.pt")["model"]
+    assert torch.equal(state["backbone.features.0.1.running_mean"], torch.full((32,), 0.25))
+    assert not torch.equal(state["backbone.features.0.1.weight"], encoder.features[0][1].weight.detach())
+    assert json.loads((run / "model" / "config.json").read_text())["backbone_init"] == "a test encoder"
+
+
+def test_an_encoder_file_that_does_not_fit_names_the_keys(tmp_path):
+    from safetensors.torch import save_file
+
+    from refinenet.train import load_encoder
+
+    save_file({"features.0.0.weight": torch.zeros(32, 3, 3, 3)}, str(tmp_path / "partial.safetensors"))
+    model = build_model(TrainConfig(name="t", model=dict(TINY_MODEL), data={}, backbone_weights=None).model_config())
+    with pytest.raises(ValueError, match=r"missing \['features\.0\.1\.bias'"):
+        load_encoder(model, str(tmp_path / "partial.safetensors"))
+
+
+def test_a_config_with_a_base_changes_only_what_it_sets(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"name": "a", "model": TINY_MODEL, "data": {"kind": "camvid"},
+                                                        "epochs": 7, "lr_decoder": 0.01}))
+    (tmp_path / "variant.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "name": "b",
+                                                           "model": {"num_classes": 5}}))
+    cfg = TrainConfig.load(tmp_path / "variant.yaml")
+    assert (cfg.name, cfg.epochs, cfg.lr_decoder) == ("b", 7, 0.01)
+    assert cfg.model["num_classes"] == 5 and cfg.model["widths"] == TINY_MODEL["widths"]
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump({"base": "loop.yaml", "name": "c"}))
+    with pytest.raises(ValueError, match="loop"):
+        TrainConfig.load(tmp_path / "loop.yaml")

@@ -6,8 +6,12 @@ Example (CamVid test split, single scale, then with multi-scale and flip)::
         --out results.json --confusion confusion.png
     refinenet eval --model camvid-refinenet-mobilenetv2 --data ../shared/data/camvid --split test \
         --scales 0.75,1,1.25 --flip --out results-ms-flip.json
-    refinenet eval --model voc-refinenet-mobilenetv2 --data ../shared/data/voc2007-pseudo --split train \
-        --every 27      # 100 of the 2,700 training photos: how closely the model fits what it saw
+    refinenet eval --model voc-refinenet-mobilenetv2 --dataset voc2007-pseudo --split val
+    refinenet eval --model voc-refinenet-mobilenetv2 --dataset voc2007-pseudo --split train \
+        --every 37      # 100 of the 3,700 training photos: how closely the model fits what it saw
+
+A split with human boxes (``boxes.json`` beside ``images/``) also gets *found* and *outside*
+(see :mod:`refinenet.evaluate`), overall, for small boxes and per class.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from torch.utils.data import Subset
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="zoo id, Hub repo id or local model folder")
-    parser.add_argument("--data", required=True, type=Path, help="dataset root folder")
-    parser.add_argument("--dataset", choices=["camvid", "folders"], default=None,
+    parser.add_argument("--data", type=Path, default=None,
+                        help="dataset root folder (default: the dataset's folder in ../shared/data)")
+    parser.add_argument("--dataset", choices=["camvid", "folders", "voc2007-pseudo"], default=None,
                         help="dataset layout (default: camvid if DATA has a testannot/ folder, else folders)")
     parser.add_argument("--split", default="test", help="split name, e.g. test, val, or train+val")
     parser.add_argument("--scales", default="1", help="comma-separated input scales, e.g. 0.75,1,1.25")
@@ -40,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import EvalTransform, build_dataset
+    from ..data import DEFAULT_ROOTS, EvalTransform, build_dataset, has_boxes
     from ..evaluate import evaluate_model, plot_confusion, write_results
     from ..hub import from_pretrained
     from ..runtime import select_device
@@ -55,11 +60,17 @@ def run(args: argparse.Namespace) -> int:
     if args.every < 1:
         print(f"error: --every must be a whole number of at least 1, not {args.every}", file=sys.stderr)
         return 2
+    if args.data is None:
+        if args.dataset not in DEFAULT_ROOTS:
+            print("error: give --data, or a --dataset with a default folder (camvid, voc2007-pseudo)", file=sys.stderr)
+            return 2
+        args.data = DEFAULT_ROOTS[args.dataset]
     device = select_device(args.device)
     model = from_pretrained(str(args.model)).to(device, memory_format=torch.channels_last).eval()
     config = model.config
     kind = args.dataset or ("camvid" if (args.data / f"{args.split.split('+')[0]}annot").is_dir() else "folders")
-    dataset = build_dataset(kind, args.data, args.split, EvalTransform(config.mean, config.std))
+    boxed = kind != "camvid" and has_boxes(args.data, args.split)
+    dataset = build_dataset(kind, args.data, args.split, EvalTransform(config.mean, config.std), with_boxes=boxed)
     if args.every > 1:
         dataset = Subset(dataset, range(0, len(dataset), args.every))
     ignore = args.ignore_index if args.ignore_index is not None else config.ignore_index
@@ -72,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:<{width}}  {'-' if iou is None else f'{iou:5.1f}'}")
     print(f"mIoU {result['mIoU']:.2f}  pixel accuracy {result['pixel_accuracy']:.2f}  "
           f"({result['images']} images, scales {scales}, flip {args.flip})")
+    if "found" in result:
+        print(f"found {result['found']:.1f}% of {result['boxes']} human boxes ({result['found_small']:.1f}% of the "
+              f"{result['small_boxes']} small ones); outside {result['outside']:.1f}% of object pixels")
     if args.out:
         write_results(result, args.out)
     if args.confusion:
