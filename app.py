@@ -237,7 +237,7 @@ class DemoApp:
                 raise SystemExit(f"The model {requested!r} could not be loaded: {error}") from error
             return requested, []
         failures = []
-        for entry in zoo.list_models():
+        for entry in zoo.list_pretrained():
             try:
                 self.models.get(entry.model_id)
                 return entry.model_id, failures
@@ -250,7 +250,7 @@ class DemoApp:
         )
 
     def model_choices(self) -> list[str]:
-        names = [entry.model_id for entry in zoo.list_models()]
+        names = [entry.model_id for entry in zoo.list_pretrained()]
         for name in [self.default_model, *self.models.loaded()]:
             if name not in names:
                 names.append(name)

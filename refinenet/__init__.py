@@ -1,4 +1,10 @@
-"""RefineNet semantic segmentation: faithful models, strict weights, and a look inside."""
+"""RefineNet semantic segmentation: faithful models, strict weights, and a look inside.
+
+Architectures by name: :func:`list_models` and :func:`get_model` (or the builder functions,
+e.g. :func:`refinenet_resnet101`). Trained weights: :func:`list_pretrained` lists the zoo,
+:func:`from_pretrained` loads a zoo id, Hub repo id or model folder, :func:`save_pretrained`
+writes a model folder and :func:`push_to_hub` publishes one.
+"""
 
 from .blocks import (
     BlockFeatures,
@@ -9,7 +15,15 @@ from .blocks import (
     ResidualConvUnit,
 )
 from .config import RefineNetConfig
-from .hub import from_pretrained, push_to_hub, save_pretrained
+from .folder import (
+    BundledFallbackWarning,
+    IntegrityError,
+    ModelNotFoundError,
+    StrictLoadError,
+    WeightsError,
+    save_pretrained,
+)
+from .hub import from_pretrained, push_to_hub
 from .inference import ImageLoadError, SegmentationResult, Segmenter, load_image, predict
 from .models import (
     LightWeightRefineNet,
@@ -17,6 +31,8 @@ from .models import (
     SegmentationOutput,
     build_model,
     count_parameters,
+    get_model,
+    list_models,
     lw_refinenet_mobilenetv2,
     lw_refinenet_resnet50,
     lw_refinenet_resnet101,
@@ -26,15 +42,20 @@ from .models import (
     refinenet_resnet101,
     refinenet_resnet152,
 )
+from .runtime import fast_path
+from .zoo import list_pretrained
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BlockFeatures",
+    "BundledFallbackWarning",
     "CRPFeatures",
     "ChainedResidualPooling",
     "ImageLoadError",
+    "IntegrityError",
     "LightWeightRefineNet",
+    "ModelNotFoundError",
     "MultiResolutionFusion",
     "RefineNet",
     "RefineNetBlock",
@@ -43,9 +64,15 @@ __all__ = [
     "SegmentationOutput",
     "SegmentationResult",
     "Segmenter",
+    "StrictLoadError",
+    "WeightsError",
     "build_model",
     "count_parameters",
+    "fast_path",
     "from_pretrained",
+    "get_model",
+    "list_models",
+    "list_pretrained",
     "load_image",
     "lw_refinenet_mobilenetv2",
     "lw_refinenet_resnet101",

@@ -1,9 +1,7 @@
-"""Hub-native model folders: save, load strictly, resolve through the zoo, download, publish.
+"""Model folders by name: resolve through the zoo, download from the Hub, publish to it.
 
-A model folder (the Hugging Face Hub layout) holds ``config.json`` (a
-:class:`~refinenet.config.RefineNetConfig`), ``model.safetensors`` and a ``README.md`` model
-card. Loading is strict everywhere: a folder whose tensors do not match its config fails with
-the missing, unexpected and mis-shaped keys, never with a half-random network.
+Writing and strictly reading a model folder on disk is :mod:`refinenet.folder`'s job; this
+module finds the folder for a name and moves folders to and from the Hugging Face Hub.
 
 ``from_pretrained(name)`` accepts a local folder, a zoo model id, or a Hub repo id, and tries in
 order: the local folder, the Hugging Face cache, a Hub download (``hf_hub_download``, so
@@ -16,12 +14,10 @@ is removed from the cache so that it cannot be picked up again.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tempfile
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,189 +30,26 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import nn
 
-from .config import RefineNetConfig
-from .modelcard import render_model_card
-from .models import RefineNet, build_model, count_parameters
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-CARD_NAME = "README.md"
+from . import zoo
+from .folder import (
+    CARD_NAME,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    BundledFallbackWarning,
+    IntegrityError,
+    ModelNotFoundError,
+    StrictLoadError,
+    WeightsError,
+    load_folder,
+    save_pretrained,
+    sha256_file,
+)
+from .models import RefineNet
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class WeightsError(RuntimeError):
-    """A model folder or download that cannot be used as it is."""
-
-
-class StrictLoadError(WeightsError):
-    """Tensors that do not match the model: ``missing``, ``unexpected`` and ``mismatched``
-    (``"key: file shape vs model shape"``) list every offending key."""
-
-    def __init__(self, missing: list[str], unexpected: list[str], mismatched: list[str], where: str = "") -> None:
-        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        parts = [f"{title} ({len(keys)}): {', '.join(keys)}"
-                 for title, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("shape mismatches", mismatched)) if keys]
-        super().__init__(f"the weights{' in ' + where if where else ''} do not match the model; " + "; ".join(parts))
-
-
-class IntegrityError(WeightsError):
-    """Weights whose sha256 differs from the expected one (the file was not kept)."""
-
-
-class ModelNotFoundError(WeightsError, LookupError):
-    """No source could provide the model; ``attempts`` says what was tried and why it failed."""
-
-    def __init__(self, name: str, attempts: list[str]) -> None:
-        self.attempts = attempts
-        tried = "\n".join(f"  - {a}" for a in attempts)
-        super().__init__(f"could not load {name!r}; tried:\n{tried}")
-
-
-class BundledFallbackWarning(UserWarning):
-    """The Hub copy of a zoo model was wanted but unavailable; the bundled copy is used."""
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# ----------------------------------------------------------------------------- strict loading
-
-
-def check_state_dict(expected: Mapping[str, torch.Size], state_dict: Mapping[str, Tensor], where: str = "") -> None:
-    """Raise :class:`StrictLoadError` unless ``state_dict`` has exactly the expected keys and shapes."""
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [f"{k}: {tuple(v.shape)} vs {tuple(expected[k])}" for k, v in state_dict.items()
-                  if k in expected and tuple(v.shape) != tuple(expected[k])]
-    if missing or unexpected or mismatched:
-        raise StrictLoadError(missing, unexpected, mismatched, where)
-
-
-def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], where: str = "") -> nn.Module:
-    """Load every tensor of ``state_dict`` into ``model`` or fail naming the offending keys."""
-    check_state_dict({k: v.shape for k, v in model.state_dict().items()}, state_dict, where)
-    model.load_state_dict(state_dict, strict=True)
-    return model
-
-
-def model_from_state_dict(config: RefineNetConfig, state_dict: Mapping[str, Tensor], where: str = "") -> RefineNet:
-    """Build the model of ``config`` directly around ``state_dict``'s tensors.
-
-    The model is first built on the meta device (no memory, no random initialisation), then the
-    checked tensors are assigned to it, so loading costs one copy of the weights, not two.
-    """
-    with torch.device("meta"):
-        model = build_model(config)
-    check_state_dict({k: v.shape for k, v in model.state_dict().items()}, state_dict, where)
-    tensors = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-    model.load_state_dict(tensors, strict=True, assign=True)
-    leftovers = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if leftovers:  # a tensor outside the state dict would stay unallocated; never hand that out
-        raise WeightsError(f"tensors not covered by the state dict: {', '.join(leftovers)}")
-    return model
-
-
-# ----------------------------------------------------------------------------- folders
-
-
-def save_pretrained(
-    model: nn.Module | Mapping[str, Tensor],
-    folder: str | Path,
-    config: RefineNetConfig | None = None,
-    *,
-    overwrite: bool = True,
-    title: str | None = None,
-    repo_id: str | None = None,
-    metrics: Mapping[str, float] | None = None,
-    provenance: Mapping[str, object] | None = None,
-    license_name: str | None = None,
-    license_text: str | None = None,
-    card_sections: Mapping[str, str] | None = None,
-) -> Path:
-    """Write ``config.json``, ``model.safetensors`` and ``README.md`` into ``folder``.
-
-    ``model`` is a RefineNet (its own config is used) or a state dict with ``config``. The
-    tensors are checked against the config's model first, so a saved folder always loads.
-    ``metrics`` (name -> percent) and ``provenance`` go into the model card.
-    """
-    if isinstance(model, nn.Module):
-        config = config or getattr(model, "config", None)
-        state_dict = model.state_dict()
-    else:
-        state_dict = dict(model)
-    if config is None:
-        raise ValueError("save_pretrained needs the model's RefineNetConfig")
-    with torch.device("meta"):
-        skeleton = build_model(config)
-    check_state_dict({k: v.shape for k, v in skeleton.state_dict().items()}, state_dict, "the model to save")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    targets = [folder / CONFIG_NAME, folder / WEIGHTS_NAME, folder / CARD_NAME]
-    existing = [p.name for p in targets if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{folder} already holds {', '.join(existing)}; pass overwrite=True to replace them")
-    card = render_model_card(
-        config, title=title, repo_id=repo_id, parameters=count_parameters(skeleton), metrics=metrics,
-        provenance=provenance, license_name=license_name, license_text=license_text, sections=card_sections,
-    )
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    # Write next to the target, then rename: an interrupted save never leaves a half-written file.
-    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    _atomic_write(folder / CONFIG_NAME, lambda tmp: config.save(tmp))
-    _atomic_write(folder / CARD_NAME, lambda tmp: tmp.write_text(card, encoding="utf-8"))
-    return folder
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def load_folder(
-    folder: str | Path, *, sha256: str | None = None, device: str | torch.device | None = None
-) -> RefineNet:
-    """Load a model folder strictly, in eval mode. ``sha256`` (of model.safetensors) is checked
-    first when given."""
-    folder = Path(folder)
-    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            legacy = sorted(p.name for p in folder.glob("*.pth*")) if folder.is_dir() else []
-            hint = f" (found {', '.join(legacy)}: convert it with `refinenet convert`)" if legacy else ""
-            raise WeightsError(f"{folder} is not a model folder: {path.name} is missing{hint}")
-    if sha256 is not None:
-        actual = sha256_file(weights_path)
-        if actual != sha256:
-            raise IntegrityError(f"{weights_path} has sha256 {actual}, expected {sha256}")
-    try:
-        config = RefineNetConfig.load(config_path)
-    except (ValueError, TypeError) as error:
-        raise WeightsError(f"{config_path} is not a valid RefineNet config: {error}") from error
-    try:
-        state_dict = load_file(str(weights_path))
-    except (SafetensorError, OSError) as error:
-        raise WeightsError(f"{weights_path} is not a readable safetensors file: {error}") from error
-    model = model_from_state_dict(config, state_dict, str(weights_path))
-    if device is not None:
-        model = model.to(device)
-    return model.eval()
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -329,8 +162,6 @@ def resolve_pretrained(
     See the module docstring for the order. Raises :class:`IntegrityError` when a downloaded or
     bundled file fails its sha256 check and :class:`ModelNotFoundError` when nothing works.
     """
-    from . import zoo  # imported here so that `python -m refinenet.zoo` finds it not yet imported
-
     name = str(name)
     if Path(name).is_dir():
         return ResolvedModel(Path(name), "local folder")
@@ -348,7 +179,7 @@ def resolve_pretrained(
     if entry is not None and entry.sha256 is None:
         raise WeightsError(
             f"the zoo entry {entry.model_id!r} has no sha256 yet, so its weights cannot be verified; compute it "
-            "with `python -m refinenet.zoo --hash FOLDER` and fill it in"
+            "with `refinenet models --hash FOLDER` and fill it in"
         )
     repo_id = entry.repo_id if entry is not None else name
     expected = entry.sha256 if entry is not None else None
@@ -438,7 +269,7 @@ def validate_repo_id(repo_id: str) -> str:
 
 
 def push_to_hub(
-    folder: str | Path,
+    model_or_folder: nn.Module | str | Path,
     repo_id: str,
     *,
     revision: str | None = None,
@@ -448,13 +279,19 @@ def push_to_hub(
     commit_message: str | None = None,
     dry_run: bool = False,
 ) -> PushResult:
-    """Publish a model folder with ``HfApi.create_repo`` + ``upload_folder``.
+    """Publish a model folder, or a model, with ``HfApi.create_repo`` + ``upload_folder``.
 
-    The folder is loaded strictly first, so nothing unloadable is ever published; it must have
-    its model card. ``revision`` names a branch (created if missing).
+    A model is first written to a temporary folder with :func:`save_pretrained` (its card names
+    ``repo_id``). A folder is loaded strictly first, so nothing unloadable is ever published; it
+    must have its model card. ``revision`` names a branch (created if missing).
     """
     validate_repo_id(repo_id)
-    folder = Path(folder)
+    if isinstance(model_or_folder, nn.Module):
+        with tempfile.TemporaryDirectory() as tmp:
+            save_pretrained(model_or_folder, tmp, repo_id=repo_id)
+            return push_to_hub(tmp, repo_id, revision=revision, private=private, token=token, endpoint=endpoint,
+                               commit_message=commit_message, dry_run=dry_run)
+    folder = Path(model_or_folder)
     load_folder(folder)
     if not (folder / CARD_NAME).is_file():
         raise WeightsError(f"{folder} has no {CARD_NAME} model card; write one with save_pretrained")
@@ -474,13 +311,8 @@ def push_to_hub(
     return result
 
 
-def push_model_to_hub(model: RefineNet, repo_id: str, **kwargs) -> PushResult:
-    """Save ``model`` to a temporary folder and publish it (see :func:`push_to_hub`)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        save_pretrained(model, tmp, repo_id=repo_id)
-        return push_to_hub(tmp, repo_id, **kwargs)
-
-
+# The model-folder names, errors, save_pretrained and load_folder live in refinenet.folder; they
+# are re-exported here because the Hub functions raise and return them.
 __all__ = [
     "BundledFallbackWarning",
     "IntegrityError",
@@ -489,15 +321,11 @@ __all__ = [
     "ResolvedModel",
     "StrictLoadError",
     "WeightsError",
-    "check_state_dict",
     "from_pretrained",
+    "is_offline",
     "load_folder",
-    "load_state_dict_strict",
-    "model_from_state_dict",
-    "push_model_to_hub",
     "push_to_hub",
     "resolve_pretrained",
     "save_pretrained",
-    "sha256_file",
     "validate_repo_id",
 ]

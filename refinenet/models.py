@@ -1,20 +1,25 @@
 """RefineNet and Light-Weight RefineNet: a backbone plus a top-down cascade of RefineNet blocks.
 
-RefineNet-4 (the deepest, paper section 3.1) refines the 1/32 backbone features; each following
-block fuses the previous block's output with a finer backbone level, down to RefineNet-1 at 1/4,
-after which a 3x3 classifier predicts class scores at 1/4 of the input resolution.
+RefineNet-4 (the deepest, Lin et al., CVPR 2017, section 3.1) refines the 1/32 backbone
+features; each following block fuses the previous block's output with a finer backbone level,
+down to RefineNet-1 at 1/4, after which a 3x3 classifier predicts class scores at 1/4 of the
+input resolution.
 
-The default layout is the authors' released one (spec section 2): two RCUs on every backbone
-path, the previous block's output enters fusion without RCUs, three output RCUs per block,
-widths 512 (RefineNet-4) and 256. Light-Weight RefineNet (Nekrasov et al., BMVC 2018) is the
-same cascade with every RCU removed and every decoder convolution 1x1.
+The default layout is that of the authors' released models, so that their checkpoints load
+unchanged: two RCUs on every backbone path, the previous block's output enters fusion without
+RCUs, three output RCUs per block, widths 512 (RefineNet-4) and 256. Light-Weight RefineNet
+(Nekrasov et al., BMVC 2018) is the same cascade with every RCU removed and every decoder
+convolution 1x1.
+
+Every builder function is registered by name: :func:`list_models` lists the names and
+:func:`get_model` builds one, e.g. ``get_model("lw_refinenet_mobilenetv2", num_classes=11)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import fnmatch
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from torch import Tensor, nn
 
@@ -76,28 +81,6 @@ class RefineNet(nn.Module):
             coarse_channels = width
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = conv(coarse_channels, config.num_classes, 3, bias=True)
-
-    def save_pretrained(self, folder, **card) -> Path:
-        """Write config.json, model.safetensors and README.md (see :func:`refinenet.hub.save_pretrained`)."""
-        from .hub import save_pretrained
-
-        return save_pretrained(self, folder, **card)
-
-    def push_to_hub(self, repo_id: str, **options):
-        """Publish this model on the Hub (see :func:`refinenet.hub.push_to_hub`)."""
-        from .hub import push_model_to_hub
-
-        return push_model_to_hub(self, repo_id, **options)
-
-    @classmethod
-    def from_pretrained(cls, name, revision: str | None = None, **options) -> RefineNet:
-        """Load a folder, zoo id or Hub repo id; ``refinenet.from_pretrained`` accepts any class."""
-        from .hub import from_pretrained
-
-        model = from_pretrained(name, revision, **options)
-        if not isinstance(model, cls):
-            raise TypeError(f"{name} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
 
     def blocks(self) -> list[tuple[str, RefineNetBlock]]:
         """The RefineNet blocks with their paper names, deepest first."""
@@ -281,12 +264,47 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# The architectures by name, as ``list_models`` / ``get_model`` offer them: one entry per builder.
+MODEL_BUILDERS: dict[str, Callable[..., RefineNet]] = {
+    builder.__name__: builder
+    for builder in (
+        refinenet_resnet50,
+        refinenet_resnet101,
+        refinenet_resnet152,
+        refinenet_mobilenetv2,
+        lw_refinenet_resnet50,
+        lw_refinenet_resnet101,
+        lw_refinenet_resnet152,
+        lw_refinenet_mobilenetv2,
+    )
+}
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of the architecture builders (sorted), optionally filtered by a shell-style pattern,
+    e.g. ``list_models("lw_*")``. For trained weights see :func:`refinenet.zoo.list_pretrained`."""
+    return sorted(name for name in MODEL_BUILDERS if fnmatch.fnmatchcase(name, pattern))
+
+
+def get_model(name: str, **kwargs) -> RefineNet:
+    """Build the architecture ``name`` (one of :func:`list_models`); ``kwargs`` go to its builder,
+    e.g. ``get_model("refinenet_resnet101", num_classes=21, backbone_weights="IMAGENET1K_V1")``."""
+    try:
+        builder = MODEL_BUILDERS[name]
+    except KeyError:
+        raise KeyError(f"no architecture {name!r}; known: {', '.join(list_models())}") from None
+    return builder(**kwargs)
+
+
 __all__ = [
+    "MODEL_BUILDERS",
     "LightWeightRefineNet",
     "RefineNet",
     "SegmentationOutput",
     "build_model",
     "count_parameters",
+    "get_model",
+    "list_models",
     "lw_refinenet_mobilenetv2",
     "lw_refinenet_resnet50",
     "lw_refinenet_resnet101",

@@ -1,4 +1,4 @@
-"""The model zoo: every model this project publishes, in one table.
+"""The model zoo: every set of weights this project publishes, in one table.
 
 An entry says where a model lives (Hub repo and pinned revision, and/or a copy bundled in the
 package under ``refinenet/weights/<model_id>/``), what it was trained on, how well it does, and
@@ -6,23 +6,22 @@ the sha256 of its ``model.safetensors`` so that every copy is checked before use
 
 A model that is not published yet has ``repo_id=None``: never invent a repo id. Publish with
 ``refinenet push FOLDER --repo-id ORG/NAME``, then fill in ``repo_id`` and ``revision`` (the
-commit hash the push prints). Compute ``sha256`` with ``python -m refinenet.zoo --hash FOLDER``.
+commit hash the push prints). Compute ``sha256`` with ``refinenet models --hash FOLDER``.
 
-Resolution order (``refinenet.hub.from_pretrained``): an explicit local folder, the Hugging
-Face cache, a Hub download, the bundled copy, then an error that lists everything tried.
+This module is the table and nothing else: ``refinenet.hub.from_pretrained`` resolves an id
+through it (an explicit local folder, the Hugging Face cache, a Hub download, the bundled copy,
+then an error that lists everything tried), and ``refinenet models`` prints and checks it.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data import CAMVID_CLASSES, VOC_CLASSES
-from .hub import WEIGHTS_NAME, sha256_file
+from .folder import WEIGHTS_NAME, sha256_file
 
 # Environment variable that moves the bundled-weights directory (tests, system packages).
 WEIGHTS_DIR_ENV = "REFINENET_WEIGHTS_DIR"
@@ -105,8 +104,8 @@ MODELS: dict[str, ZooEntry] = {
 }
 
 
-def list_models() -> list[ZooEntry]:
-    """All registered models, in table order: the order the app offers them in, and the first
+def list_pretrained() -> list[ZooEntry]:
+    """All registered weights, in table order: the order the app offers them in, and the first
     that loads is its default (so the table starts with the model most uploads suit)."""
     return list(MODELS.values())
 
@@ -140,42 +139,3 @@ def hash_folder(folder: str | Path) -> str:
     if not weights.is_file():
         raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME}")
     return sha256_file(weights)
-
-
-def _describe(entry: ZooEntry, override: str | Path | None) -> str:
-    where = entry.repo_id + (f"@{entry.revision}" if entry.revision else "") if entry.repo_id else "not on the Hub yet"
-    bundled = ""
-    if entry.bundled:
-        present = (bundled_folder(entry.model_id, override) / WEIGHTS_NAME).is_file()
-        bundled = ", bundled" + ("" if present else " (folder missing)")
-    metrics = ", ".join(f"{k} {v:.1f}" for k, v in entry.metrics.items()) or "no metrics yet"
-    return f"{entry.model_id}: {entry.title} [{where}{bundled}; {entry.dataset}; {metrics}]"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m refinenet.zoo", description="inspect the model zoo")
-    parser.add_argument("--hash", metavar="FOLDER", help="print the sha256 of FOLDER/model.safetensors")
-    parser.add_argument("--check", action="store_true",
-                        help="verify the sha256 of every bundled copy present against the registry")
-    args = parser.parse_args(argv)
-    if args.hash:
-        print(hash_folder(args.hash))
-        return 0
-    if args.check:
-        failures = 0
-        for entry in list_models():
-            folder = bundled_folder(entry.model_id)
-            if not entry.bundled or not (folder / WEIGHTS_NAME).is_file():
-                continue
-            actual = hash_folder(folder)
-            ok = entry.sha256 == actual
-            failures += not ok
-            print(f"{'ok ' if ok else 'BAD'} {entry.model_id}: registry {entry.sha256}, file {actual}")
-        return 1 if failures else 0
-    for entry in list_models():
-        print(_describe(entry, None))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -121,7 +121,7 @@ def test_without_a_model_the_apps_default_is_used(tmp_path):
     photo = Path(__file__).resolve().parents[1] / "assets" / "chelsea-the-cat.jpg"
     out = tmp_path / "out"
     assert main(["predict", str(photo), "--out", str(out), "--device", "cpu"]) == 0
-    default = from_pretrained(zoo.list_models()[0].model_id)
+    default = from_pretrained(zoo.list_pretrained()[0].model_id)
     expected = Segmenter(default, device="cpu").predict(photo).label_map
     with Image.open(out / "chelsea-the-cat_labels.png") as labels:
         values = np.asarray(labels)

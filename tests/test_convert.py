@@ -21,7 +21,7 @@ import yaml
 
 from refinenet.cli import main as cli_main
 from refinenet.convert import ConversionError, convert_checkpoint, convert_state_dict
-from refinenet.hub import load_folder, model_from_state_dict
+from refinenet.folder import load_folder, model_from_state_dict
 
 LAYOUTS = Path(__file__).parent / "data" / "checkpoint_layouts"
 

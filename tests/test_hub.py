@@ -76,7 +76,7 @@ def test_save_then_load_gives_bit_identical_logits_for_every_class(tmp_path):
     light = refinenet.lw_refinenet_mobilenetv2(num_classes=3, widths=[16] * 4).eval()
     for name, model in (("full", full), ("light", light)):
         folder = tmp_path / name
-        model.save_pretrained(folder)
+        refinenet.save_pretrained(model, folder)
         loaded = refinenet.from_pretrained(folder)  # the caller never names the class
         assert type(loaded) is type(model) and not loaded.training
         assert torch.equal(logits(loaded), logits(model))
@@ -191,7 +191,7 @@ def test_missing_bundled_folder_and_missing_hash_are_explained(tmp_path, monkeyp
     assert str(tmp_path / "not-installed") in str(info.value) and zoo.WEIGHTS_DIR_ENV in str(info.value)
     assert "not published yet" in str(info.value)
     register(monkeypatch, "no-hash", bundled=True)
-    with pytest.raises(WeightsError, match="python -m refinenet.zoo --hash"):
+    with pytest.raises(WeightsError, match="refinenet models --hash"):
         from_pretrained("no-hash", weights_dir=tmp_path)
 
 
@@ -392,6 +392,17 @@ def test_push_then_download_round_trip(tmp_path, local_hub, tiny_folder):
     assert set(local_hub.files("me/tiny", "v1")) == {".gitattributes", "README.md", "config.json", "model.safetensors"}
     assert result.sha256 == sha256(folder / "model.safetensors") and result.sha256 in result.zoo_fields()
     loaded = from_pretrained("me/tiny", result.commit, endpoint=local_hub.url, cache_dir=tmp_path / "cache")
+    assert torch.equal(logits(loaded), logits(model))
+
+
+def test_push_a_model_writes_its_folder_first(tmp_path, local_hub):
+    model = make_tiny_model(seed=11)
+    result = push_to_hub(model, "me/from-model", token="hf_test", endpoint=local_hub.url)
+    assert result.commit == local_hub.repos["me/from-model"].branches["main"]
+    assert set(local_hub.files("me/from-model")) == {".gitattributes", "README.md", "config.json",
+                                                      "model.safetensors"}
+    assert "me/from-model" in local_hub.files("me/from-model")["README.md"].decode()  # the card names the repo
+    loaded = from_pretrained("me/from-model", result.commit, endpoint=local_hub.url, cache_dir=tmp_path / "cache")
     assert torch.equal(logits(loaded), logits(model))
 
 

@@ -25,27 +25,38 @@ CLASSES = 5
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-# name -> (builder, kwargs, block strides deepest first, widths)
+# case -> (registered architecture, kwargs, block strides deepest first, widths)
 ARCHITECTURES = {
-    "refinenet-resnet50": (refinenet.refinenet_resnet50, {}, [32, 16, 8, 4], SMALL),
-    "refinenet-resnet101": (refinenet.refinenet_resnet101, {}, [32, 16, 8, 4], SMALL),
-    "refinenet-resnet152": (refinenet.refinenet_resnet152, {}, [32, 16, 8, 4], SMALL),
-    "refinenet-mobilenetv2": (refinenet.refinenet_mobilenetv2, {}, [32, 16, 8, 4], SMALL),
-    "lw-resnet50": (refinenet.lw_refinenet_resnet50, {}, [32, 16, 8, 4], SMALL),
-    "lw-resnet101": (refinenet.lw_refinenet_resnet101, {}, [32, 16, 8, 4], SMALL),
-    "lw-resnet152": (refinenet.lw_refinenet_resnet152, {}, [32, 16, 8, 4], SMALL),
-    "lw-mobilenetv2": (refinenet.lw_refinenet_mobilenetv2, {}, [32, 16, 8, 4], SMALL),
-    "lw-mobilenetv2-authors": (refinenet.lw_refinenet_mobilenetv2, {"authors_layout": True}, [32, 16, 8, 4], SMALL),
-    "refinenet-2-cascade": (refinenet.refinenet_resnet50, {"cascade": "2-cascade"}, [16, 4], [32, 16]),
-    "refinenet-1-cascade": (refinenet.refinenet_resnet50, {"cascade": "1-cascade"}, [4], [16]),
-    "refinenet-conv-pool-crp": (refinenet.refinenet_mobilenetv2, {"crp_order": "conv-pool"}, [32, 16, 8, 4], SMALL),
+    "refinenet-resnet50": ("refinenet_resnet50", {}, [32, 16, 8, 4], SMALL),
+    "refinenet-resnet101": ("refinenet_resnet101", {}, [32, 16, 8, 4], SMALL),
+    "refinenet-resnet152": ("refinenet_resnet152", {}, [32, 16, 8, 4], SMALL),
+    "refinenet-mobilenetv2": ("refinenet_mobilenetv2", {}, [32, 16, 8, 4], SMALL),
+    "lw-resnet50": ("lw_refinenet_resnet50", {}, [32, 16, 8, 4], SMALL),
+    "lw-resnet101": ("lw_refinenet_resnet101", {}, [32, 16, 8, 4], SMALL),
+    "lw-resnet152": ("lw_refinenet_resnet152", {}, [32, 16, 8, 4], SMALL),
+    "lw-mobilenetv2": ("lw_refinenet_mobilenetv2", {}, [32, 16, 8, 4], SMALL),
+    "lw-mobilenetv2-authors": ("lw_refinenet_mobilenetv2", {"authors_layout": True}, [32, 16, 8, 4], SMALL),
+    "refinenet-2-cascade": ("refinenet_resnet50", {"cascade": "2-cascade"}, [16, 4], [32, 16]),
+    "refinenet-1-cascade": ("refinenet_resnet50", {"cascade": "1-cascade"}, [4], [16]),
+    "refinenet-conv-pool-crp": ("refinenet_mobilenetv2", {"crp_order": "conv-pool"}, [32, 16, 8, 4], SMALL),
 }
 
 
 def build(name: str):
-    builder, kwargs, _, widths = ARCHITECTURES[name]
+    architecture, kwargs, _, widths = ARCHITECTURES[name]
     torch.manual_seed(0)
-    return builder(num_classes=CLASSES, widths=widths, **kwargs).eval()
+    return refinenet.get_model(architecture, num_classes=CLASSES, widths=widths, **kwargs).eval()
+
+
+def test_every_registered_architecture_is_covered_and_named_after_its_builder():
+    assert {architecture for architecture, *_ in ARCHITECTURES.values()} == set(refinenet.list_models())
+    assert refinenet.list_models() == sorted(refinenet.list_models())
+    assert refinenet.list_models("lw_*") == [n for n in refinenet.list_models() if n.startswith("lw_")]
+    for name in refinenet.list_models():
+        assert getattr(refinenet, name).__name__ == name
+    assert not {entry.model_id for entry in refinenet.list_pretrained()} & set(refinenet.list_models())
+    with pytest.raises(KeyError, match="refinenet_resnet101"):
+        refinenet.get_model("refinenet_vit")
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))

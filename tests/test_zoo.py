@@ -8,10 +8,12 @@ import re
 import pytest
 from conftest import make_tiny_model
 
-from refinenet import hub, zoo
+from refinenet import folder as model_folder
+from refinenet import zoo
 from refinenet.backbones import BACKBONES
+from refinenet.cli import main as cli_main
 from refinenet.config import ARCHITECTURES, RefineNetConfig
-from refinenet.hub import save_pretrained
+from refinenet.folder import save_pretrained
 
 
 def test_every_entry_is_consistent():
@@ -32,15 +34,15 @@ def test_every_entry_is_consistent():
 
 def test_bundled_copies_that_are_installed_match_their_entries():
     """For every bundled folder present: the sha256 and the metadata agree with the registry."""
-    for entry in zoo.list_models():
+    for entry in zoo.list_pretrained():
         folder = zoo.bundled_folder(entry.model_id)
         if not entry.bundled or not (folder / zoo.WEIGHTS_NAME).is_file():
             continue
         assert entry.sha256 == zoo.hash_folder(folder), f"update the sha256 of {entry.model_id}"
-        config = RefineNetConfig.load(folder / hub.CONFIG_NAME)
+        config = RefineNetConfig.load(folder / model_folder.CONFIG_NAME)
         assert (config.architecture, config.backbone) == (entry.architecture, entry.backbone)
         assert tuple(config.class_names) == entry.classes
-        assert (folder / hub.CARD_NAME).is_file()
+        assert (folder / model_folder.CARD_NAME).is_file()
 
 
 def test_weights_dir_override_order(tmp_path, monkeypatch):
@@ -57,7 +59,7 @@ def test_hash_folder_and_command_line(tmp_path, capsys):
     folder = save_pretrained(make_tiny_model(), tmp_path / "m")
     expected = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     assert zoo.hash_folder(folder) == expected
-    assert zoo.main(["--hash", str(folder)]) == 0
+    assert cli_main(["models", "--hash", str(folder)]) == 0
     assert capsys.readouterr().out.strip() == expected
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         zoo.hash_folder(tmp_path)
@@ -68,19 +70,19 @@ def test_check_flags_a_bundled_copy_with_the_wrong_hash(tmp_path, monkeypatch, c
     monkeypatch.setenv(zoo.WEIGHTS_DIR_ENV, str(tmp_path))
     entry = zoo.ZooEntry("checked", "t", "refinenet", "mobilenetv2", "d", ("a",), sha256="f" * 64, bundled=True)
     monkeypatch.setitem(zoo.MODELS, "checked", entry)
-    assert zoo.main(["--check"]) == 1
+    assert cli_main(["models", "--check"]) == 1
     assert "BAD checked" in capsys.readouterr().out
     fixed = zoo.ZooEntry("checked", "t", "refinenet", "mobilenetv2", "d", ("a",), sha256=zoo.hash_folder(folder),
                          bundled=True)
     monkeypatch.setitem(zoo.MODELS, "checked", fixed)
-    assert zoo.main(["--check"]) == 0
+    assert cli_main(["models", "--check"]) == 0
 
 
 def test_listing_says_what_is_published_and_installed(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(zoo.WEIGHTS_DIR_ENV, str(tmp_path))  # an empty weights directory
-    assert zoo.main([]) == 0
+    assert cli_main(["models"]) == 0
     out = capsys.readouterr().out
-    for entry in zoo.list_models():
+    for entry in zoo.list_pretrained():
         line = next(line for line in out.splitlines() if line.startswith(entry.model_id + ":"))
         assert ("not on the Hub yet" in line) == (entry.repo_id is None)
         assert ("(folder missing)" in line) == entry.bundled

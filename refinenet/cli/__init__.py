@@ -15,6 +15,7 @@ COMMANDS = {
     "predict": "segment images and write label maps and overlays",
     "convert": "convert a legacy RefineNet checkpoint into a Hub-layout folder",
     "push": "publish a model folder on the Hugging Face Hub",
+    "models": "list the model zoo's weights, or hash and check model folders",
     "train": "train a model from a config file",
     "eval": "evaluate a model on a labelled dataset",
 }

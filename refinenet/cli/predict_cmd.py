@@ -59,7 +59,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", default=None,
                         help="a model folder (config.json + model.safetensors), a zoo id or a Hub repo id "
                              "(default: the zoo's first model, the one the app opens with; "
-                             "`python -m refinenet.zoo` lists them)")
+                             "`refinenet models` lists them)")
     parser.add_argument("--out", "-o", type=Path, default=Path("predictions"),
                         help="output folder (created if needed; default: ./predictions)")
     parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (CUDA, then MPS, then CPU)")
@@ -93,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
     from refinenet.visualize import label_map_to_png, overlay
 
     if args.model is None:
-        from refinenet.zoo import list_models
+        from refinenet.zoo import list_pretrained
 
-        args.model = list_models()[0].model_id
+        args.model = list_pretrained()[0].model_id
     try:
         model = _load_model(args.model)
         segmenter = Segmenter(model, device=args.device, max_side=args.max_side, scales=args.scales,

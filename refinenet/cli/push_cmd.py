@@ -26,7 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
-    from refinenet.hub import WeightsError, push_to_hub
+    from refinenet.folder import WeightsError
+    from refinenet.hub import push_to_hub
 
     try:
         result = push_to_hub(args.folder, args.repo_id, revision=args.revision, private=args.private,

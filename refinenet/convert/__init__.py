@@ -21,17 +21,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from ..config import RefineNetConfig
-from ..hub import sha256_file
-from ..models import build_model
+from ..folder import save_pretrained, sha256_file, tensor_shapes
 from .containers import normalise_state_dict, read_pickle_checkpoint
 from .errors import ConversionError
 from .formats import SourceFormat
 from .keymap import apply_key_map
 from .lightweight_mobilenet import LW_REFINENET_MOBILENETV2, MULTITASK_KEYS
+from .matlab import convert_matlab_file
 from .metadata import AUTHORS_LICENSE, AUTHORS_LICENSE_NAME, AUTHORS_LICENSE_TEXT, dataset_metadata
 from .released import LW_REFINENET_RESNET, REFINENET_RESNET
 
@@ -73,14 +72,6 @@ def detect_format(state_dict: Mapping[str, Tensor]) -> SourceFormat:
     return found[0]
 
 
-def target_shapes(config: RefineNetConfig) -> dict[str, torch.Size]:
-    """Names and shapes of every tensor of the model a config describes (built on the meta
-    device: no memory, no initialisation)."""
-    with torch.device("meta"):
-        model = build_model(config)
-    return {k: v.shape for k, v in model.state_dict().items()}
-
-
 def convert_state_dict(
     checkpoint: object,
     fmt: str = "auto",
@@ -105,7 +96,7 @@ def convert_state_dict(
     config.license = AUTHORS_LICENSE
     config.description = f"Converted from {source_format.origin}. {AUTHORS_LICENSE_TEXT}"
     state_dict = apply_key_map(
-        source, target_shapes(config), source_format.key_rule, source_format.value_rule,
+        source, tensor_shapes(config), source_format.key_rule, source_format.value_rule,
         source_name=f"{source_format.name} checkpoint",
     )
     return Conversion(source_format, config, state_dict, notes)
@@ -126,14 +117,10 @@ def convert_checkpoint(
     model card records the source file's name and sha256, the detected layout and the authors'
     non-commercial licence.
     """
-    from ..hub import save_pretrained  # the hub module imports the models; keep this package light
-
     source = Path(source)
     if not source.is_file():
         raise ConversionError(f"{source} is not a file")
     if source.suffix.lower() == ".mat":
-        from .matlab import convert_matlab_file
-
         convert_matlab_file(source)  # checks the refinement part, then refuses (see matlab.py)
     conversion = convert_state_dict(read_pickle_checkpoint(source), fmt, class_names=class_names, dataset=dataset)
     provenance = {
@@ -158,5 +145,4 @@ __all__ = [
     "convert_checkpoint",
     "convert_state_dict",
     "detect_format",
-    "target_shapes",
 ]

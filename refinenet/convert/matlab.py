@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..config import RefineNetConfig
+from ..folder import tensor_shapes
 from .errors import ConversionError
 from .keymap import apply_key_map
 
@@ -81,11 +82,9 @@ def crp_order(params: Mapping[str, object]) -> str:
 def convert_refine_part(params: Mapping[str, np.ndarray | Tensor], backbone: str = "resnet101",
                         num_classes: int = 21) -> dict[str, Tensor]:
     """Map the refinement-part parameters onto our ``refine*`` tensors, checked totally."""
-    from . import target_shapes  # the package imports this module; avoid the cycle at import
-
     config = RefineNetConfig(backbone=backbone, num_classes=num_classes, crp_order=crp_order(params),
                              mean=MATLAB_MEAN, std=MATLAB_STD)
-    targets = {k: v for k, v in target_shapes(config).items() if k.startswith("refine")}
+    targets = {k: v for k, v in tensor_shapes(config).items() if k.startswith("refine")}
     tensors = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in params.items()}
     return apply_key_map(tensors, targets, key_rule, value_rule, source_name="MATLAB refinement part")
 

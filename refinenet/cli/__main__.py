@@ -1,0 +1,5 @@
+"""``python -m refinenet.cli``: the ``refinenet`` command without the installed console script."""
+
+from refinenet.cli import main
+
+raise SystemExit(main())
