@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from refinenet.cli import main as refinenet_cli  # noqa: E402
 from refinenet.data import CAMVID_ROOT, VOC_PSEUDO_ROOT  # noqa: E402
-from refinenet.hub import from_pretrained, save_pretrained  # noqa: E402
+from refinenet.folder import save_pretrained  # noqa: E402
+from refinenet.hub import from_pretrained  # noqa: E402
 from refinenet.models import count_parameters  # noqa: E402
 from refinenet.zoo import hash_folder  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Getting a flat state dict out of whatever a legacy checkpoint file wraps it in.
 
-The surviving RefineNet checkpoints (spec section 4) come as a bare state dict, or as a dict
+The surviving RefineNet checkpoints come as a bare state dict, or as a dict
 holding it under ``"model"``, ``"segmenter"`` (the Light-Weight RefineNet training script) or
 ``"state_dict"``, next to bookkeeping such as epochs and optimiser states. Keys saved from
 ``nn.DataParallel`` carry a ``module.`` prefix, and files from PyTorch < 0.4.1 lack the

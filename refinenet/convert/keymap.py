@@ -1,7 +1,7 @@
 """A total key map: every source tensor used once, every model tensor produced once.
 
 The published loaders used ``load_state_dict(strict=False)`` and silently left half a network
-random when names drifted (spec section 4). Here a conversion either accounts for every tensor
+random when names drifted. Here a conversion either accounts for every tensor
 on both sides, with matching shapes, or fails with the exact leftovers.
 """
 

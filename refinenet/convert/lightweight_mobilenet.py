@@ -1,6 +1,6 @@
-"""The authors' Light-Weight RefineNet on their own MobileNet-v2 (spec section 3).
+"""The authors' Light-Weight RefineNet on their own MobileNet-v2 (Nekrasov et al., BMVC 2018).
 
-Keys (``checkpoint-layouts/drsleep-lw-mobilenetv2-voc21.txt``): backbone ``layer1..layer8``
+Keys (``tests/data/checkpoint_layouts/drsleep-lw-mobilenetv2-voc21.txt``): backbone ``layer1..layer8``
 (our ``AuthorsMobileNetV2Backbone`` uses the same names), 1x1 projections ``conv3..conv8`` of
 the six taps, ``crp{j}`` for RefineNet-j (here the numbering is *not* inverted), the coarse-path
 convs ``conv_adapt{4,3,2}`` that end RefineNet-4/3/2 and so feed the next block's fusion, and

@@ -1,7 +1,7 @@
 """The original MATLAB (MatConvNet) RefineNet models: the refinement part (stretch goal).
 
 What is implemented: the complete, checked key map of the refinement part for both CRP
-variants (``checkpoint-layouts/matlab-refinenet101-refine-part-*.txt``): 86 tensors onto our
+variants (``tests/data/checkpoint_layouts/matlab-refinenet101-refine-part-*.txt``): 86 tensors onto our
 ``refine4..refine1`` modules, filters transposed from MatConvNet's ``H x W x Cin x Cout`` to
 PyTorch's ``Cout x Cin x H x W`` and biases flattened from ``1 x C``. The "improved" CRP (conv
 then pool, names ``poolprev_relu_varout_pb1``, ``pool{j}_outvar_pb{j+1}``) maps onto

@@ -2,8 +2,8 @@
 
 One naming scheme covers three code bases: ``refinenet-pytorch`` (the PyTorch port of the
 MATLAB RefineNet), the ACRV ``refinenet`` package on PyPI (identical keys, checked against
-``checkpoint-layouts/acrv-*.txt``), and the ResNet models of ``light-weight-refinenet``, whose
-keys are the same minus every RCU (spec sections 2 and 3).
+``tests/data/checkpoint_layouts/acrv-*.txt``), and the ResNet models of ``light-weight-refinenet``, whose
+keys are the same minus every RCU (Light-Weight RefineNet drops them).
 
 The names come from the MATLAB graph and count blocks from the deepest: ``g1``, ``outl1`` and
 ``stage1`` belong to the paper's RefineNet-4, so block ``k`` of the checkpoint is our
