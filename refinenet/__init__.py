@@ -10,7 +10,8 @@ from .blocks import (
 )
 from .config import RefineNetConfig
 from .hub import from_pretrained, push_to_hub, save_pretrained
-from .inference import ImageLoadError, SegmentationResult, Segmenter, load_image, predict
+from .images import ImageLoadError, load_image
+from .inference import SegmentationResult, Segmenter, predict
 from .models import (
     LightWeightRefineNet,
     RefineNet,
