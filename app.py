@@ -6,8 +6,10 @@
 
 This file is the user interface only: layout, events and the messages users read. The network
 runs in :mod:`refinenet.inference`, the panels are computed by :mod:`refinenet.demo` and
-:mod:`refinenet.visualize`. The network runs once per image; every view option re-renders from
-the activations cached in the session (``gr.State``).
+:mod:`refinenet.visualize`, the HTML widgets (with their CSS and JavaScript) come from
+:mod:`refinenet.widgets`, and :mod:`refinenet.serving` keeps the models and the compute thread.
+The network runs once per image; every view option re-renders from the activations cached in
+the session (``gr.State``).
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from refinenet import demo, zoo
-from refinenet.inference import ImageLoadError
-from refinenet.runtime import ComputeThread
+from refinenet import demo, widgets, zoo
+from refinenet.demo import SegmentOutputs
+from refinenet.examples import EXAMPLE_SETS
+from refinenet.images import ImageLoadError
+from refinenet.serving import ComputeThread, SegmenterCache, release_memory
 from refinenet.visualize import COLORMAPS, REDUCTIONS, SCALINGS
 
 HERE = Path(__file__).resolve().parent
@@ -38,24 +42,22 @@ MODEL_ENV = "REFINENET_APP_MODEL"
 DEVICE_ENV = "REFINENET_APP_DEVICE"
 # Sessions keep their cached activations this long after their last segmentation.
 STATE_TTL_SECONDS = 15 * 60
-# After a photo larger than this, freed memory is handed back to the system (demo.release_memory):
+# After a photo larger than this, freed memory is handed back to the system (release_memory):
 # its full-size label map and confidence took hundreds of megabytes. After an everyday photo
-# the next request reuses the same memory, and trimming it would cost ~40 ms of page faults.
+# the next request reuses the same memory, and trimming it would only cost page faults.
 TRIM_AFTER_PIXELS = 4_000_000
 # Label-map PNGs written for download are removed after this long.
 DOWNLOAD_TTL_SECONDS = 60 * 60
 # Pictures for the photo-like panels are written by the app (see DemoApp.picture) into its
 # download folder, which Gradio serves as a static path: no copy into Gradio's cache per picture
-# (hashing, copying and path checks cost ~2 ms a file), and the folder is pruned, where Gradio's
+# (hashing, copying and path checks for every file), and the folder is pruned, where Gradio's
 # cache would only grow. A picture outlives its session's cached activations (STATE_TTL_SECONDS),
 # so a page never shows a picture the server has already removed.
 PICTURE_TTL_SECONDS = 30 * 60
-# Photo-like panels (overlay, confidence, ablation) go out as JPEG: 0.3 ms to encode a 480×360
-# picture and ~26 KB, against 12 ms and ~200 KB as a PNG at zlib level 1. No chroma subsampling,
-# so class colours keep their edges. The exact labels are in the lossless label-map PNG.
+# Photo-like panels (overlay, confidence, ablation) go out as JPEG: many times faster to encode
+# and smaller to send than a PNG. No chroma subsampling, so class colours keep their edges. The
+# exact labels are in the lossless label-map PNG.
 JPEG_QUALITY = 90
-# What a segmentation returns: the state, 13 panels and the timing line.
-SEGMENT_OUTPUTS = 15
 
 try:  # ZeroGPU on Hugging Face Spaces: borrow a GPU only while the network runs.
     import spaces
@@ -80,12 +82,6 @@ features know *what* is in the picture, shallow ones know *where the edges are*.
 **RefineNet blocks** fuse them from the top down, **RefineNet-4** (deepest, 1/32) to
 **RefineNet-1** (1/4), and a classifier turns the result into one class per pixel.
 """
-
-# The example sets, each with the models it suits; every file and its licence is in assets/README.md.
-EXAMPLE_SETS = (
-    ("Everyday photos (public domain, CC0): for the PASCAL VOC model", ("astronaut.jpg", "chelsea-the-cat.jpg")),
-    ("Synthetic street scenes: for the CamVid models", ("synthetic-street-day.jpg", "synthetic-street-dusk.jpg")),
-)
 
 EXAMPLES_NOTE = (
     "**About the examples:** the everyday photos are a NASA portrait (public domain) and Chelsea the "
@@ -136,43 +132,6 @@ pooling), with the tensor shapes (C×H×W) your image produced. A switched-off p
 """
 
 
-# The picture grids of the block outputs and the CRP (demo.picture_grid).
-CSS = """
-.picture-grid { display: grid; gap: 8px; }
-.picture-grid figure { margin: 0; }
-.picture-grid img { display: block; width: 100%; height: auto; border-radius: 4px; }
-/* Feature maps come with one pixel per cell: enlarge them as flat squares, never smoothed. */
-.picture-grid img.map { image-rendering: pixelated; }
-.picture-grid figcaption { font-size: 12px; line-height: 1.3; margin-top: 3px; opacity: 0.85; }
-"""
-
-
-# The legend (demo.render_legend) holds the photo and a hidden mask per class; hovering a row
-# shows that class's mask over a dimmed photo. One listener on the component's root element, so
-# it keeps working when a new segmentation replaces the HTML inside.
-LEGEND_JS = """
-const show = (row) => {
-  const cls = row ? row.dataset.class : null;
-  let found = false;
-  element.querySelectorAll('img.mask').forEach((mask) => {
-    const on = mask.dataset.class === cls;
-    mask.classList.toggle('shown', on);
-    found = found || on;
-  });
-  element.querySelectorAll('.class-stack').forEach((stack) => stack.classList.toggle('hovering', found));
-};
-element.addEventListener('mouseover', (event) => show(event.target.closest('tr[data-class]')));
-element.addEventListener('mouseleave', () => show(null));
-"""
-LEGEND_CSS = """
-.class-stack img { display: block; width: 100%; height: auto; }
-.class-stack img.mask { position: absolute; left: 0; top: 0; opacity: 0; transition: opacity 0.12s; }
-.class-stack img.mask.shown { opacity: 0.85; }
-.class-stack.hovering img.photo { filter: grayscale(0.8) brightness(0.7); }
-tr[data-class] { cursor: default; }
-"""
-
-
 # ---------------------------------------------------------------------------------------------
 # Input
 
@@ -182,7 +141,7 @@ def undecoded_upload(payload):
 
     ``gr.Image`` would open the file with Pillow itself and fail on a damaged upload with
     Pillow's message and a server path. Decoding, EXIF orientation, colour modes (grey, RGBA,
-    16-bit) and the size limit are :func:`refinenet.inference.load_image`'s job, whose errors are
+    16-bit) and the size limit are :func:`refinenet.images.load_image`'s job, whose errors are
     written for users. (Set on the instance: a ``gr.Image`` subclass would make Gradio write an
     ``app.pyi`` stub next to this file.)
     """
@@ -205,8 +164,8 @@ def on_compute_thread(handler):
     """Run an event handler on the app's compute thread, whatever thread Gradio calls it on.
 
     All torch work of the demo (loading models, the network, the views) happens on that one
-    thread: on the CPU a parallel op started from many threads is about 1.5x slower (see
-    :class:`refinenet.runtime.ComputeThread`). It also serialises the requests, which on a
+    thread: on the CPU a parallel op started from many threads runs slower (see
+    :class:`refinenet.serving.ComputeThread`). It also serialises the requests, which on a
     small CPU only share its cores anyway.
     """
 
@@ -222,7 +181,7 @@ class DemoApp:
 
     def __init__(self, default_model: str | None = None, device: str | None = None) -> None:
         self.compute = ComputeThread()
-        self.models = demo.SegmenterCache(device=device)
+        self.models = SegmenterCache(device=device)
         self.downloads = Path(tempfile.mkdtemp(prefix="refinenet-app-"))
         self.default_model, self.startup_notes = self.compute.run(self._choose_default, default_model)
 
@@ -300,8 +259,8 @@ class DemoApp:
     def picture(self, array: np.ndarray) -> str:
         """Write a photo-like panel (overlay, confidence, ablation) as a JPEG; return its path.
 
-        Handing Gradio an array would make it encode a PNG at zlib level 6: 50 ms for a 480×360
-        overlay, against 0.3 ms for the JPEG. (Feature maps travel inside the HTML of their grid.)
+        Handing Gradio an array would make it encode a PNG at zlib level 6, far slower than the
+        JPEG. (Feature maps travel inside the HTML of their grid.)
         """
         path = self.downloads / f"view-{uuid.uuid4().hex[:16]}.jpg"
         Image.fromarray(array).save(path, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
@@ -333,33 +292,36 @@ class DemoApp:
         blocks = [b.name for b in result.blocks]
         crp_block = crp_block if crp_block in blocks else default_crp_block(blocks)
         # Plain values, not gr.update(...): an update makes Gradio rebuild the component and its
-        # API schema for the session (~7 ms each). The block choices are set when a model loads.
+        # API schema for the session. The block choices are set when a model loads.
         crp, crp_context = self.crp_html(result, crp_block, reduction, scaling, colormap)
-        views = (
-            *self.segmentation_views(result, opacity),
-            self.stages_html(result, reduction, scaling, colormap, top_k), crp_block, crp, crp_context,
-            None, None, "Choose a path to switch off.", "none",
-            demo.render_architecture(result),
+        outputs = SegmentOutputs(
+            state=result,
+            overlay=self.picture(demo.render_overlay(result, opacity)),
+            legend=demo.render_legend(result),
+            confidence=self.picture(demo.render_confidence(result)),
+            label_png=str(result.label_png),
+            stages=self.stages_html(result, reduction, scaling, colormap, top_k),
+            crp_block=crp_block,
+            crp=crp,
+            crp_context=crp_context,
+            ablated=None,
+            changes=None,
+            ablation_summary="Choose a path to switch off.",
+            path="none",
+            architecture=demo.render_architecture(result),
+            timing=None,
         )
         result.seconds["rendering"] = time.perf_counter() - tick
-        timing = demo.timing_markdown(result, result.seconds["rendering"])
+        outputs.timing = demo.timing_markdown(result, result.seconds["rendering"])
         if result.original_size[0] * result.original_size[1] > TRIM_AFTER_PIXELS:
-            demo.release_memory()
-        return (result, *views, timing)
+            release_memory()
+        return outputs.values()
 
     def segment_on_change(self, image, *args):
         """Auto-run when the input image changes (upload, example, webcam); clearing it is silent."""
         if image is None:
-            return tuple(gr.skip() for _ in range(SEGMENT_OUTPUTS))
+            return tuple(gr.skip() for _ in SegmentOutputs.names())
         return self.segment(image, *args)
-
-    def segmentation_views(self, result: demo.DemoResult, opacity: float):
-        return (
-            self.picture(demo.render_overlay(result, opacity)),
-            demo.render_legend(result),
-            self.picture(demo.render_confidence(result)),
-            str(result.label_png),
-        )
 
     # -- views from the cache -----------------------------------------------------------------
 
@@ -457,7 +419,7 @@ def network_run(image, model_name: str | None) -> demo.DemoResult:
     try:
         return APP.run_network(image, model_name)
     except BaseException:
-        demo.release_memory()  # a failed request may have left large blocks behind
+        release_memory()  # a failed request may have left large blocks behind
         raise
 
 
@@ -509,7 +471,8 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                 timing = gr.Markdown(elem_id="timing")
                 with gr.Row():
                     legend = gr.HTML(label="Classes and their share of the pixels (hover a class to see it)",
-                                     elem_id="legend", js_on_load=LEGEND_JS, css_template=LEGEND_CSS)
+                                     elem_id="legend", js_on_load=widgets.LEGEND_JS,
+                                     css_template=widgets.LEGEND_CSS)
                     confidence = gr.Image(label="Confidence (max softmax)", format="png", interactive=False,
                                           elem_id="confidence")
                 download = gr.File(label="Label map (lossless palette PNG: pixel value = class index)",
@@ -556,8 +519,11 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         state = gr.State(None, time_to_live=STATE_TTL_SECONDS)
 
         view_inputs = [opacity, reduction, scaling, colormap, top_k, crp_block]
-        outputs = [state, overlay, legend, confidence, download, stages, crp_block, crp, crp_context,
-                   ablated, changes, ablation_summary, path, architecture, timing]
+        outputs = list(SegmentOutputs(
+            state=state, overlay=overlay, legend=legend, confidence=confidence, label_png=download, stages=stages,
+            crp_block=crp_block, crp=crp, crp_context=crp_context, ablated=ablated, changes=changes,
+            ablation_summary=ablation_summary, path=path, architecture=architecture, timing=timing,
+        ).values())
         # One network event at a time (all torch work runs on the app's one compute thread anyway);
         # the queue shows waiting users their place.
         network_options = dict(concurrency_limit=1, concurrency_id="network")
@@ -603,7 +569,8 @@ def main(argv: list[str] | None = None) -> None:
     blocks.queue(default_concurrency_limit=4, max_size=args.queue_size)
     mcp = importlib.util.find_spec("mcp") is not None  # gradio[mcp] installed: also serve the tools
     blocks.launch(server_name=args.host, server_port=args.port, show_error=False, mcp_server=mcp or None,
-                  allowed_paths=[str(ASSETS)], footer_links=["api", "gradio", "settings"], css=CSS)
+                  allowed_paths=[str(ASSETS)], footer_links=["api", "gradio", "settings"],
+                  css=widgets.PICTURE_GRID_CSS)
 
 
 if __name__ == "__main__":

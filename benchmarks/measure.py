@@ -399,7 +399,7 @@ def measure_app(args, device: torch.device) -> dict:
     from gradio.state_holder import SessionState
 
     # Nothing of torch runs on this thread: as in the server, the app's compute thread does it all
-    # (a second thread's OpenMP team would slow the network down; runtime.ComputeThread says why).
+    # (a second thread's OpenMP team would slow the network down; serving.ComputeThread says why).
     folder, info = _app_model()
     size = args.app_size
     with tempfile.TemporaryDirectory(prefix="refinenet-bench-") as tmp:

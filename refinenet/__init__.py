@@ -24,7 +24,8 @@ from .folder import (
     save_pretrained,
 )
 from .hub import from_pretrained, push_to_hub
-from .inference import ImageLoadError, SegmentationResult, Segmenter, load_image, predict
+from .images import ImageLoadError, load_image
+from .inference import SegmentationResult, Segmenter, predict
 from .models import (
     LightWeightRefineNet,
     RefineNet,

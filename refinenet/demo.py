@@ -7,36 +7,37 @@ once per image, with ``return_features=True``, and keeps what the views need in 
 colour map, block) into pictures, captions and HTML without touching the network again. Only
 path ablation runs the network a second time, because switching a path off *is* a different
 network; its answers are cached per path as well.
+
+Everything about the network comes from what it returned (the
+:class:`~refinenet.models.SegmentationOutput` in the Segmenter's result, which carries the
+blocks' backbone levels and the backbone's shapes): this module never reads the model object.
+HTML widgets are drawn by :mod:`refinenet.widgets`; :class:`SegmentOutputs` names what one
+segmentation hands the app.
 """
 
 from __future__ import annotations
 
-import base64
-import ctypes
-import io
-import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from html import escape
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from . import widgets
 from .config import LEVEL_STRIDES
-from .inference import ImageSource, Segmenter
+from .images import ImageSource
+from .inference import Segmenter
 from .visualize import (
     DiagramBlock,
     DiagramLevel,
     apply_colormap,
     architecture_svg,
     change_mask,
-    class_mask_image,
     class_shares,
     fit_within,
     label_map_to_png,
@@ -136,10 +137,8 @@ def segment(segmenter: Segmenter, source: ImageSource, *, model_id: str, out_dir
     height, width = result.label_map.shape
     display = fit_within((height, width), display_max_side)
     features = result.features
-    model = segmenter.model
     blocks = []
-    for block in features.blocks:
-        levels = _block_levels(model, block.name)
+    for block, levels in zip(features.blocks, features.block_levels, strict=True):
         blocks.append(CachedBlock(
             name=block.name, stride=block.stride, levels=levels, output=_np(block.output),
             crp_input=_np(block.crp.input), crp_branches=tuple(_np(t) for t in block.crp.branches),
@@ -164,7 +163,7 @@ def segment(segmenter: Segmenter, source: ImageSource, *, model_id: str, out_dir
         work_image=work_image,
         logits=features.logits[0].detach().to("cpu", torch.float32).numpy(),
         blocks=blocks,
-        levels=_backbone_levels(model, result.input_size),
+        levels=[DiagramLevel(level.stride, level.channels, level.size) for level in features.backbone],
         block_layout={"adapt_rcus": config.adapt_rcus, "output_rcus": config.output_rcus,
                       "crp_stages": config.crp_stages, "kernel_size": config.kernel_size},
         backbone=config.backbone,
@@ -173,99 +172,6 @@ def segment(segmenter: Segmenter, source: ImageSource, *, model_id: str, out_dir
     )
     demo.seconds["caching"] = time.perf_counter() - tick
     return demo
-
-
-def _block_levels(model: torch.nn.Module, name: str) -> tuple[int, ...]:
-    """Strides of the backbone levels a block fuses, finest first (from the model's cascade)."""
-    names = list(model.block_names)
-    levels = model.block_levels[names.index(name)]
-    return tuple(LEVEL_STRIDES[lv] for lv in levels)
-
-
-def _backbone_levels(model: torch.nn.Module, input_size: tuple[int, int]) -> list[DiagramLevel]:
-    """Channels and sizes of the backbone levels for this input (every stride-2 step of the
-    backbones rounds up, so a level at stride ``s`` is ``ceil`` halved ``log2(s)`` times)."""
-    levels = []
-    for stride in sorted(LEVEL_STRIDES.values()):
-        channels = sum(model.backbone.channels_at(stride))
-        h, w = input_size
-        for _ in range(int(np.log2(stride))):
-            h, w = (h + 1) // 2, (w + 1) // 2
-        levels.append(DiagramLevel(stride, channels, (h, w)))
-    return levels
-
-
-def release_memory() -> None:
-    """Hand freed heap memory back to the operating system (glibc only; a no-op elsewhere).
-
-    One segmentation allocates and frees tens of megabytes (hundreds for a 108 MP photo) from
-    several worker threads; glibc keeps such freed blocks in per-thread arenas, so a server's
-    resident memory would ratchet up towards the worst request it ever served. ``malloc_trim``
-    returns them.
-    """
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
-
-
-# ---------------------------------------------------------------------------------------------
-# Models
-
-
-class SegmenterCache:
-    """Loaded models by name (zoo id, Hub repo id or folder), at most ``capacity`` at a time.
-
-    Loading goes through ``loader`` (:func:`refinenet.hub.from_pretrained` by default: strict,
-    sha256-checked, with download progress on tqdm). Each model runs at its own training input
-    size (``config.input_size`` as the long-side cap) to keep the network time low; the least
-    recently used model is dropped when a new one would exceed ``capacity``. Thread-safe: two
-    sessions asking for the same model load it once.
-    """
-
-    def __init__(self, loader: Callable[[str], torch.nn.Module] | None = None, device: str | None = None,
-                 capacity: int = 3) -> None:
-        if loader is None:
-            from .hub import from_pretrained as loader
-        self.loader = loader
-        self.device = device
-        self.capacity = max(1, capacity)
-        self._models: OrderedDict[str, Segmenter] = OrderedDict()
-        self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}
-
-    def get(self, name: str) -> Segmenter:
-        name = str(name).strip()
-        if not name:
-            raise ValueError("no model given: choose a model, or type a Hub repo id or a local folder")
-        with self._lock:
-            if name in self._models:
-                self._models.move_to_end(name)
-                return self._models[name]
-            loading = self._loading.setdefault(name, threading.Lock())
-        with loading:  # one load per name; other models stay usable meanwhile
-            with self._lock:
-                if name in self._models:
-                    return self._models[name]
-            model = self.loader(name)
-            segmenter = Segmenter(model, device=self.device, max_side=int(model.config.input_size))
-            with self._lock:
-                self._models[name] = segmenter
-                self._loading.pop(name, None)
-                while len(self._models) > self.capacity:
-                    self._models.popitem(last=False)
-            return segmenter
-
-    def loaded(self) -> list[str]:
-        with self._lock:
-            return list(self._models)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,55 +195,14 @@ def render_annotations(result: DemoResult) -> tuple[np.ndarray, list[tuple[np.nd
 
 def colour_map_of(result: DemoResult) -> dict[str, str]:
     """Class name to ``#rrggbb`` for every class of the model (its full palette)."""
-    return {name: "#{:02x}{:02x}{:02x}".format(*result.palette[i]) for i, name in enumerate(result.class_names)}
-
-
-def _data_uri(image: Image.Image, format: str, **options) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format=format, **options)
-    mime = "jpeg" if format == "JPEG" else format.lower()
-    return f"data:image/{mime};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return {name: widgets.hex_colour(result.palette[i]) for i, name in enumerate(result.class_names)}
 
 
 def render_legend(result: DemoResult) -> str:
-    """HTML: the photo with one hidden mask per class present, over a legend of the model's full
-    palette with a bar for each class's pixel share.
-
-    Rows and masks carry the class index (``data-class``), so the page can show a class's mask
-    while its row is hovered (the app's script does). The pictures travel inside the HTML as data
-    URIs: the photo as a JPEG, each mask as a two-colour palette PNG of a few kilobytes
-    (:func:`~refinenet.visualize.class_mask_image`), cheaper to make than any other way of
-    sending see-through coloured masks.
-    """
-    colours = colour_map_of(result)
+    """The legend widget (:func:`refinenet.widgets.legend`): the photo with one hidden mask per
+    class present, over the model's full palette with a bar for each class's pixel share."""
     image, masks = render_annotations(result)
-    layers = [f'<img class="photo" alt="your photo" src="{_data_uri(Image.fromarray(image), "JPEG", quality=88)}">']
-    for mask, c in masks:
-        picture = class_mask_image(mask, result.palette[c])
-        layers.append(f'<img class="mask" data-class="{c}" alt="pixels labelled {escape(result.class_names[c])}" '
-                      f'src="{_data_uri(picture, "PNG", compress_level=1)}">')
-    rows = []
-    for i in sorted(range(result.num_classes), key=lambda i: (-result.shares[i], i)):
-        name = result.class_names[i]
-        share = float(result.shares[i])
-        weight = "600" if share > 0 else "400"
-        opacity = "1" if share > 0 else "0.55"
-        rows.append(
-            f'<tr data-class="{i}" style="opacity:{opacity}"><td style="padding:2px 6px;white-space:nowrap">'
-            f'<span style="display:inline-block;width:14px;height:14px;border-radius:3px;vertical-align:middle;'
-            f'background:{colours[name]};border:1px solid #0003"></span> '
-            f'<span style="font-weight:{weight}">{escape(name)}</span></td>'
-            f'<td style="padding:2px 6px;width:100%"><div style="background:{colours[name]};height:12px;'
-            f'width:{100 * share:.2f}%;min-width:{1 if share > 0 else 0}px;border-radius:2px"></div></td>'
-            f'<td style="padding:2px 6px;text-align:right;font-variant-numeric:tabular-nums">{100 * share:.1f}%</td>'
-            "</tr>"
-        )
-    return ('<div class="refinenet-legend">'
-            f'<div class="class-stack" style="position:relative">{"".join(layers)}</div>'
-            '<table style="width:100%;border-collapse:collapse;font-size:13px">'
-            '<thead><tr><th style="text-align:left;padding:2px 6px">class</th>'
-            '<th style="text-align:left;padding:2px 6px">share of pixels</th><th></th></tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table></div>")
+    return widgets.legend(image, masks, result.class_names, result.palette, result.shares)
 
 
 def render_confidence(result: DemoResult, colormap: str = "magma") -> np.ndarray:
@@ -386,33 +251,12 @@ def render_stages(result: DemoResult, reduction: str = "pca", scaling: str = "pe
     return [(item.rgb, item.caption) for item in reduced]
 
 
-def picture_grid(pictures: list[tuple[np.ndarray, str]], columns: int, photos: frozenset[int] = frozenset()) -> str:
-    """HTML: the pictures in a grid of ``columns``, each with its caption below (and as its alt
-    text), carried inside the HTML as data URIs.
-
-    Feature maps (one pixel per cell) go as PNGs of a few hundred bytes, marked ``class="map"`` so
-    the page enlarges them without smoothing; the pictures at ``photos`` (indices) are photographs
-    and go as JPEGs. One HTML value instead of a gallery of files spares the server a file write
-    and Gradio's per-file bookkeeping for each of the 14 pictures of a segmentation.
-    """
-    cells = []
-    for index, (picture, caption) in enumerate(pictures):
-        photo = index in photos
-        uri = (_data_uri(Image.fromarray(picture), "JPEG", quality=88, subsampling=0) if photo
-               else _data_uri(Image.fromarray(picture), "PNG", compress_level=1))
-        text = escape(caption)
-        cells.append(f'<figure><img class="{"photo" if photo else "map"}" alt="{text}" src="{uri}">'
-                     f"<figcaption>{text}</figcaption></figure>")
-    return (f'<div class="picture-grid" style="grid-template-columns:repeat({max(1, columns)},minmax(0,1fr))">'
-            + "".join(cells) + "</div>")
-
-
 def stages_grid(result: DemoResult, reduction: str = "pca", scaling: str = "per-map", colormap: str = "viridis",
                 k: int = 4) -> str:
-    """:func:`render_stages` as a :func:`picture_grid`: one column per block, or with top-k one
-    row per block of ``k`` channels."""
+    """:func:`render_stages` as a :func:`~refinenet.widgets.picture_grid`: one column per block,
+    or with top-k one row per block of ``k`` channels."""
     items = render_stages(result, reduction, scaling, colormap, k)
-    return picture_grid(items, k if reduction == "topk" else len(result.blocks))
+    return widgets.picture_grid(items, k if reduction == "topk" else len(result.blocks))
 
 
 def context_cells(stages: int, pool_size: int = 5) -> list[int]:
@@ -446,11 +290,11 @@ def render_crp(result: DemoResult, block_name: str, reduction: str = "pca", scal
 
 def crp_grid(result: DemoResult, block_name: str, reduction: str = "pca", scaling: str = "shared",
              colormap: str = "viridis") -> str:
-    """:func:`render_crp` as a :func:`picture_grid`: input and branches on the first row, the
-    photo with the pooling windows (a JPEG) and the running sums on the second."""
+    """:func:`render_crp` as a :func:`~refinenet.widgets.picture_grid`: input and branches on the
+    first row, the photo with the pooling windows (a JPEG) and the running sums on the second."""
     stages = len(result.block(block_name).crp_branches)
     items = render_crp(result, block_name, reduction, scaling, colormap)
-    return picture_grid(items, stages + 1, photos=frozenset({stages + 1}))
+    return widgets.picture_grid(items, stages + 1, photos=frozenset({stages + 1}))
 
 
 _CONTEXT_COLOURS = ((253, 231, 37), (94, 201, 98), (33, 145, 140), (59, 82, 139), (72, 24, 106))
@@ -518,8 +362,8 @@ def labels_from_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``K x h x w`` class scores to an ``H x W`` label map: bilinear upsampling, then argmax
     (the argmax of the softmax is that of the scores).
 
-    ``max(dim).indices`` is the argmax (first index on ties, as ``argmax``) at a third of the
-    cost: on the CPU, ``argmax`` over the class dimension of a 21 x 360 x 480 map takes 13 ms.
+    ``max(dim).indices`` is the argmax (first index on ties, as ``argmax``) at about a third of
+    the CPU cost of ``argmax`` over the class dimension.
     """
     scores = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))[None]
     up = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
@@ -600,16 +444,65 @@ def render_architecture(result: DemoResult, ablated_stride: int | None = None) -
     return f'<div class="refinenet-architecture" style="overflow-x:auto">{svg}</div>'
 
 
+# ---------------------------------------------------------------------------------------------
+# What a segmentation hands the app
+
+
+@dataclass
+class SegmentOutputs:
+    """The outputs of one segmentation, named once, in the order the app's event returns them.
+
+    The app fills one with its components to declare the event's outputs, and one with values to
+    answer a request; :meth:`values` gives either in field order, so the two cannot drift apart.
+    API clients receive every field but ``state`` (a ``gr.State`` stays on the server), in the
+    order of :meth:`client_names`.
+    """
+
+    state: Any  # the session's DemoResult: every view is redrawn from it
+    overlay: Any  # the photo with the label colours blended in
+    legend: Any  # HTML of the legend widget
+    confidence: Any  # the largest class probability, coloured
+    label_png: Any  # the full-size label map (palette PNG), for download
+    stages: Any  # HTML: the block outputs, deep to shallow
+    crp_block: Any  # the block whose chained residual pooling is shown
+    crp: Any  # HTML: that block's CRP input, branches and sums
+    crp_context: Any  # Markdown: the CRP pooling windows
+    ablated: Any  # the prediction without a backbone path (none after a new segmentation)
+    changes: Any  # where the ablation changed the prediction
+    ablation_summary: Any  # Markdown on the ablation
+    path: Any  # the switched-off backbone path ("none")
+    architecture: Any  # HTML: the architecture diagram with this run's shapes
+    timing: Any  # Markdown: where the time went
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """Every field, in the order of the event's outputs."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def client_names(cls) -> tuple[str, ...]:
+        """The fields an API client receives, in its order (all but ``state``)."""
+        return tuple(name for name in cls.names() if name != "state")
+
+    @classmethod
+    def from_client(cls, values: tuple | list) -> dict[str, Any]:
+        """What an API client received, by name."""
+        return dict(zip(cls.client_names(), values, strict=True))
+
+    def values(self) -> tuple:
+        """The fields' values, in the order of the event's outputs."""
+        return tuple(getattr(self, name) for name in self.names())
+
+
 __all__ = [
     "AblationView",
     "CachedBlock",
-    "SegmenterCache",
     "DemoResult",
+    "SegmentOutputs",
     "ablate",
     "ablated_labels",
     "ablation_view",
     "ablation_summary",
-    "release_memory",
     "colour_map_of",
     "context_cells",
     "crp_context_markdown",

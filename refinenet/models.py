@@ -28,6 +28,16 @@ from .blocks import BlockFeatures, RefineNetBlock, conv
 from .config import LEVEL_STRIDES, RefineNetConfig, resolve_cascade
 
 
+@dataclass(frozen=True)
+class BackboneLevel:
+    """One backbone level as the decoder received it in this run: its stride, its channels
+    (summed over the level's taps) and the ``(h, w)`` of its feature maps."""
+
+    stride: int
+    channels: int
+    size: tuple[int, int]
+
+
 @dataclass
 class SegmentationOutput:
     """What ``model(x, return_features=True)`` returns.
@@ -35,17 +45,30 @@ class SegmentationOutput:
     ``logits``: ``N x classes x H/4 x W/4`` (``stride`` is 4). ``blocks``: one
     :class:`~refinenet.blocks.BlockFeatures` per RefineNet block, deepest first (RefineNet-4,
     -3, -2, -1 for the standard 4-cascade), each with its output, stride and CRP stages.
+    ``block_levels``: for each entry of ``blocks``, the strides of the backbone levels that block
+    fuses, finest first. ``backbone``: the backbone levels, finest first. The last two describe
+    the wiring of the network that ran, so a consumer (the demo's architecture diagram) needs
+    nothing but this output.
     """
 
     logits: Tensor
     stride: int
     blocks: tuple[BlockFeatures, ...]
+    block_levels: tuple[tuple[int, ...], ...] = ()
+    backbone: tuple[BackboneLevel, ...] = ()
 
     def block(self, name: str) -> BlockFeatures:
         """A block by its paper name, e.g. ``"RefineNet-4"``."""
         for b in self.blocks:
             if b.name == name:
                 return b
+        raise KeyError(f"no block named {name!r}; this model has {[b.name for b in self.blocks]}")
+
+    def levels_of(self, name: str) -> tuple[int, ...]:
+        """Strides of the backbone levels the block ``name`` fuses, finest first."""
+        for b, levels in zip(self.blocks, self.block_levels, strict=True):
+            if b.name == name:
+                return levels
         raise KeyError(f"no block named {name!r}; this model has {[b.name for b in self.blocks]}")
 
 
@@ -124,7 +147,13 @@ class RefineNet(nn.Module):
                 coarse = block(paths, coarse)
         logits = self.classifier(self.dropout(coarse))
         if return_features:
-            return SegmentationOutput(logits, self.block_stride(self.block_names[-1]), tuple(recorded))
+            block_levels = tuple(tuple(LEVEL_STRIDES[lv] for lv in levels) for levels in self.block_levels)
+            backbone = tuple(
+                BackboneLevel(LEVEL_STRIDES[lv], sum(t.shape[1] for t in maps), tuple(maps[0].shape[-2:]))
+                for lv, maps in sorted(by_level.items()) if maps
+            )
+            return SegmentationOutput(logits, self.block_stride(self.block_names[-1]), tuple(recorded),
+                                      block_levels, backbone)
         return logits
 
 

@@ -3,41 +3,31 @@
 Kept apart from ``inference`` (images in, label maps out) so that the app, the CLI and the
 benchmarks all run the network the same way.
 
-Two ways to get a model ready:
+:func:`fast_path` returns a :class:`FastModel`, the project's default way to run a network. It
+works on a *copy* (the original stays loadable and trainable) and applies only tricks that are
+exact in fp32 and were measured faster (``benchmarks/README.md`` has the numbers):
 
-- :func:`prepare_for_inference` puts *the given model* in eval mode on a device in channels-last
-  layout. Nothing else changes: its state dict, its modules and its numbers stay the same.
-- :func:`fast_path` returns a :class:`FastModel`, the project's default way to run a network. It
-  works on a *copy* (the original stays loadable and trainable) and applies only tricks that were
-  measured faster and are exact in fp32 (``benchmarks/README.md`` has the numbers):
+* ``torch.inference_mode`` (no autograd bookkeeping);
+* channels-last memory layout: the mkldnn convolutions and, above all, the 5x5 stride-1
+  max-pools of chained residual pooling run several times faster in it;
+* batch norm folded into the preceding convolution (the backbone's BN is an affine map at
+  inference time, so ``bn(conv(x))`` is one convolution with rescaled weights);
+* the CRP max-pool computed as a separable max (:class:`SeparableMaxPool2d`): a max over a
+  ``k x k`` window is a max over ``1 x k`` then ``k x 1``, i.e. ``2(k-1)`` pairwise maxima per
+  output cell instead of ``k*k - 1`` comparisons, and exact because max is;
+* on CUDA: ``cudnn.benchmark`` and bf16 (or fp16) autocast of the decoder; optionally
+  ``torch.compile`` and CUDA graphs. On the CPU, bf16 and ``torch.compile`` are opt-in.
 
-  * ``torch.inference_mode`` (no autograd bookkeeping);
-  * channels-last memory layout: the mkldnn convolutions and, above all, the 5x5 stride-1
-    max-pools of chained residual pooling run several times faster in it;
-  * batch norm folded into the preceding convolution (the backbone's BN is an affine map at
-    inference time, so ``bn(conv(x))`` is one convolution with rescaled weights);
-  * the CRP max-pool computed as a separable max (:class:`SeparableMaxPool2d`): a max over a
-    ``k x k`` window is a max over ``1 x k`` then ``k x 1``, i.e. ``2(k-1)`` pairwise maxima per
-    output cell instead of ``k*k - 1`` comparisons, and exact because max is;
-  * on CUDA: ``cudnn.benchmark`` and bf16 (or fp16) autocast of the decoder; optionally
-    ``torch.compile`` and CUDA graphs. On the CPU, bf16 and ``torch.compile`` are opt-in.
-
-A server that answers requests on many threads runs its torch work through one
-:class:`ComputeThread` (the app does): on the CPU the network is about 1.5x slower otherwise.
+:func:`eager_baseline` is the plain model the benchmark compares against.
 """
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import dataclasses
-import threading
-import time
 import types
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from typing import Any, TypeVar
 
 import torch
 import torch.fx
@@ -61,16 +51,6 @@ def select_device(preferred: str | torch.device | None = None) -> torch.device:
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def prepare_for_inference(model: nn.Module, device: torch.device | str | None = None) -> nn.Module:
-    """Put a model in eval mode on ``device`` in channels-last memory format (in place).
-
-    Channels-last matters on the CPU: the 5x5 stride-1 max-pools of CRP run several times faster
-    in it than in the default layout. For the full fast path (a fused copy) use :func:`fast_path`.
-    """
-    device = select_device(device)
-    return model.eval().to(device=device, memory_format=torch.channels_last)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,11 +210,16 @@ class FastModel(nn.Module):
     ran inside. ``fast(x, return_features=True)`` and ``ablate_stride`` are passed to the wrapped
     model and always run eagerly (compiled graphs and CUDA graphs only cover the plain call).
     ``model`` is the optimised copy: its state dict is *not* that of the original (BN folded).
+    ``config`` is the wrapped model's configuration (``None`` for a model without one), so a
+    :class:`~refinenet.inference.Segmenter` accepts a fast model as it accepts the original.
+    Nothing else of the wrapped model shows through: code that needs the network's structure
+    reads it from the model's outputs (:class:`~refinenet.models.SegmentationOutput`).
     """
 
     def __init__(self, model: nn.Module, settings: FastPathSettings, compiled: Callable | None = None) -> None:
         super().__init__()
         self.model = model
+        self.config = getattr(model, "config", None)
         self.settings = settings
         self.device = torch.device(settings.device)
         self.autocast_dtype = LOW_PRECISION.get(settings.dtype)
@@ -248,16 +233,6 @@ class FastModel(nn.Module):
         if mode:
             raise RuntimeError("a FastModel is for inference only (its batch norms are folded); train the original")
         return super().train(False)
-
-    def __getattr__(self, name: str):
-        # Everything else (config, block_names, backbone, ...) is the wrapped model's, so code
-        # written for a RefineNet (the demo's architecture diagram, for one) works unchanged.
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "model":
-                raise
-            return getattr(super().__getattr__("model"), name)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -417,62 +392,14 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-R = TypeVar("R")
-
-
-class ComputeThread:
-    """One long-lived thread on which a server runs all of its torch work.
-
-    Why a server needs it on the CPU: PyTorch's OpenMP runtime (libgomp on Linux) gives every
-    thread that starts a parallel op a team of worker threads of its own, and once more such
-    threads exist than cores it stops letting idle workers spin-wait (its "throttled" spin
-    count): each of the network's few hundred parallel regions must then wake sleeping threads.
-    A web server runs every request on whichever worker thread is free, so after a few requests
-    that is the normal state. Measured with the app's handler at 480x360 on 2 idle cores
-    (VOC model, 3 x 10 requests on rotating threads): the network took 98-106 ms there, 64-70 ms
-    with all torch work, model loading included, on one thread, the same as a plain script.
-
-    ``run`` copies the caller's context variables into the call (as ``asyncio.to_thread`` does),
-    so per-request state such as a progress tracker follows the work, and runs inline when
-    called from the compute thread itself (a handler calling another cannot deadlock).
-    """
-
-    def __init__(self, name: str = "torch-compute") -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._thread = self._executor.submit(threading.current_thread).result()
-
-    def run(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
-        """``fn(*args, **kwargs)`` on the compute thread; its exceptions are raised here."""
-        if self.is_current():
-            return fn(*args, **kwargs)
-        context = contextvars.copy_context()
-        return self._executor.submit(context.run, fn, *args, **kwargs).result()
-
-    def is_current(self) -> bool:
-        """Whether the caller is running on the compute thread."""
-        return threading.current_thread() is self._thread
-
-
-def timed(fn: Callable[[], object], device: torch.device | str = "cpu") -> float:
-    """Seconds one call of ``fn`` takes, GPU work included."""
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
 __all__ = [
-    "ComputeThread",
     "FastModel",
     "FastPathSettings",
     "SeparableMaxPool2d",
     "eager_baseline",
     "fast_path",
     "fold_batch_norms",
-    "prepare_for_inference",
     "replace_max_pools",
     "select_device",
     "synchronize",
-    "timed",
 ]

@@ -218,12 +218,10 @@ def pca_basis(fmaps: Sequence[np.ndarray], components: int = 3, max_samples: int
     Martinsson and Tropp 2011) on the centred samples in float32: a few products with a
     ``C x (components + 5)`` block instead of forming and fully diagonalising the ``C x C``
     covariance, about 20x less work, and as exact as the pictures need on feature maps, whose
-    leading variances stand well apart. One power iteration is enough: on the CamVid RefineNet's block
-    outputs and CRP maps of three photos, the directions' worst alignment with exact PCA of all
-    pixels was 0.987 with one, two or three iterations alike (the pixel sample limits it, and
-    halving the sample dropped it to 0.75), and each iteration costs about 0.3 ms. The sign of a
-    direction is arbitrary; each is flipped so that its largest loading is positive, making the
-    colours reproducible from run to run.
+    leading variances stand well apart. One power iteration is enough: what limits the agreement
+    with exact PCA of all pixels is the pixel sample (hence ``max_samples``), not the number of
+    iterations. The sign of a direction is arbitrary; each is flipped so that its largest loading
+    is positive, making the colours reproducible from run to run.
     """
     maps = [_as_chw(f) for f in fmaps]
     channels = {m.shape[0] for m in maps}

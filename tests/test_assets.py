@@ -3,22 +3,14 @@ licence in assets/README.md, and every example the app offers exists."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 from PIL import Image
 
+from refinenet.examples import EXAMPLE_SETS
+
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets"
-
-
-def example_sets() -> tuple:
-    """EXAMPLE_SETS read from app.py's source (importing the app would start Gradio's machinery)."""
-    tree = ast.parse((REPO / "app.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "EXAMPLE_SETS" for t in node.targets):
-            return ast.literal_eval(node.value)
-    raise AssertionError("app.py defines no EXAMPLE_SETS")
 
 
 def readme_rows() -> dict[str, str]:
@@ -43,7 +35,7 @@ def test_every_shipped_image_has_a_source_and_licence():
 
 
 def test_every_example_the_app_offers_is_a_readable_rgb_photo():
-    sets = example_sets()
+    sets = EXAMPLE_SETS
     assert sets
     for label, names in sets:
         assert names, label

@@ -1,22 +1,21 @@
 """The demo's cache and panels: one network run per image, every view drawn from the cache.
 
 A tiny random model (calibrated by the shared fixture, so that every backbone level matters and
-label maps hold several classes) keeps these fast.
+label maps hold several classes) keeps these fast. The model is wrapped in a counter that
+exposes nothing but its config: everything the demo draws comes from the network's output.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import threading
-import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from refinenet import demo
+from refinenet import demo, widgets
 from refinenet.inference import Segmenter
 from refinenet.visualize import fit_within, resize_nearest
 
@@ -32,10 +31,7 @@ class CountingModel(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.inner = model
-        self.config = model.config
-        self.backbone = model.backbone
-        self.block_names = model.block_names
-        self.block_levels = model.block_levels
+        self.config = model.config  # what a Segmenter needs; nothing else of the model shows
         self.calls = 0
 
     def forward(self, *args, **kwargs):
@@ -73,6 +69,8 @@ def test_segment_caches_every_block_and_crp_stage_in_half_precision(cached, phot
     assert [b.name for b in cached.blocks] == ["RefineNet-4", "RefineNet-3", "RefineNet-2", "RefineNet-1"]
     assert [b.stride for b in cached.blocks] == [32, 16, 8, 4]
     assert [b.levels for b in cached.blocks] == [(32,), (16,), (8,), (4,)]
+    assert [(level.stride, level.channels, level.size) for level in cached.levels] == [
+        (4, 24, (30, 40)), (8, 32, (15, 20)), (16, 96, (8, 10)), (32, 320, (4, 5))]
     assert cached.input_size == (120, 160)  # 150 x 200 capped to a long side of 160
     assert cached.original_size == (150, 200)
     block1 = cached.block("RefineNet-1")
@@ -138,8 +136,8 @@ def test_picture_grid_carries_exact_maps_and_escaped_captions():
     rng = np.random.default_rng(0)
     feature_map = rng.integers(0, 256, size=(3, 5, 3), dtype=np.uint8)
     photo = np.full((40, 60, 3), 200, dtype=np.uint8)
-    html = demo.picture_grid([(feature_map, 'map <1> & "x"'), (photo, "a photo")], columns=2,
-                             photos=frozenset({1}))
+    html = widgets.picture_grid([(feature_map, 'map <1> & "x"'), (photo, "a photo")], columns=2,
+                                photos=frozenset({1}))
     assert "repeat(2," in html
     cells = re.findall(r'<img class="(\w+)" alt="([^"]*)" src="data:image/(\w+);base64,([^"]+)">', html)
     assert [(kind, fmt) for kind, _, fmt, _ in cells] == [("map", "png"), ("photo", "jpeg")]
@@ -239,47 +237,6 @@ def test_display_size_is_capped_for_large_images(counted, tmp_path):
     result = demo.segment(segmenter, big, model_id="tiny", out_dir=tmp_path, display_max_side=300)
     assert result.display_image.shape[:2] == fit_within((1200, 2400), 300) == (150, 300)
     assert Image.open(result.label_png).size == (2400, 1200)
-
-
-# ----------------------------------------------------------------------------- model cache
-
-
-class SlowLoader:
-    def __init__(self, model):
-        self.model = model
-        self.calls = []
-        self.lock = threading.Lock()
-
-    def __call__(self, name):
-        with self.lock:
-            self.calls.append(name)
-        time.sleep(0.05)  # long enough for concurrent callers to overlap
-        return self.model
-
-
-def test_segmenter_cache_loads_each_model_once_even_concurrently(tiny_model):
-    loader = SlowLoader(copy.deepcopy(tiny_model))
-    cache = demo.SegmenterCache(loader, device="cpu")
-    got = []
-    threads = [threading.Thread(target=lambda: got.append(cache.get("a"))) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert loader.calls == ["a"]
-    assert len({id(s) for s in got}) == 1
-    assert got[0].max_side == tiny_model.config.input_size
-
-
-def test_segmenter_cache_evicts_the_least_recently_used(tiny_model):
-    loader = SlowLoader(copy.deepcopy(tiny_model))
-    cache = demo.SegmenterCache(loader, device="cpu", capacity=2)
-    for name in ("a", "b", "a", "c", "b"):
-        cache.get(name)
-    assert loader.calls == ["a", "b", "c", "b"]  # "b" was dropped when "c" came in
-    assert cache.loaded() == ["c", "b"]
-    with pytest.raises(ValueError, match="no model given"):
-        cache.get("  ")
 
 
 def test_a_dead_block_is_named_and_cuts_the_deeper_paths(tiny_model, photo, tmp_path):

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("weights in and out: the Hub, the converters", ("hub", "convert")),
     ("using models: inference, runtime, images, evaluation, training",
      ("runtime", "images", "inference", "evaluate", "train")),
-    ("serving and the demo", ("serving", "demo")),
+    ("serving and the demo: its pages, widgets and example photos", ("serving", "demo", "widgets", "examples")),
     ("the public API", ("__init__",)),
     ("the command line", ("cli",)),
 ]

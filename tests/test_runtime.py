@@ -7,10 +7,8 @@ must agree to 1e-4, bf16 autocast to 1e-2, argmax on at least 99.5 % of pixels.
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import itertools
-import threading
 
 import pytest
 import torch
@@ -20,12 +18,10 @@ from torch import nn
 import refinenet
 from refinenet.flops import count_macs
 from refinenet.runtime import (
-    ComputeThread,
     FastModel,
     SeparableMaxPool2d,
     fast_path,
     fold_batch_norms,
-    prepare_for_inference,
     replace_max_pools,
     select_device,
 )
@@ -275,11 +271,14 @@ def test_bf16_keeps_the_backbone_in_fp32_even_in_a_copy(tiny_model):
     assert own[0].abs().sum() > 0 and copied[0].abs().sum() == 0
 
 
-def test_fast_model_looks_like_the_model_it_wraps(tiny_model):
+def test_fast_model_wraps_a_copy_and_shows_only_its_config(tiny_model):
     fast = fast_path(tiny_model, "cpu")
     assert fast.config is fast.model.config
-    assert fast.block_names == tiny_model.block_names
-    assert fast.backbone.channels_at(32) == tiny_model.backbone.channels_at(32)
+    assert fast.model.block_names == tiny_model.block_names
+    assert fast.model.backbone.channels_at(32) == tiny_model.backbone.channels_at(32)
+    # The wrapped model's structure does not show through: it is read from the outputs instead.
+    for name in ("block_names", "block_levels", "backbone"):
+        assert not hasattr(fast, name)
     assert not fast.training and not fast.model.training
     with pytest.raises(RuntimeError, match="inference only"):
         fast.train()
@@ -328,20 +327,24 @@ def test_cuda_fast_path_with_graphs_agrees_with_eager_fp32(tiny_model):
 
 
 # ---------------------------------------------------------------------------------------------
-# Device choice and the in-place preparation (their meaning is unchanged)
+# Device choice, and what the fast path does to the model
 
 
-def test_select_device_and_prepare_for_inference():
+def test_select_device_and_the_fast_path_layout():
     assert select_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         assert select_device(None).type in ("cpu", "mps")
         with pytest.raises(RuntimeError, match="no CUDA"):
             select_device("cuda")
     model = make_tiny_model().train()
-    prepared = prepare_for_inference(model, "cpu")
-    assert prepared is model and not model.training
-    weight = model.refine1.crp.stages[0].weight
+    fast = fast_path(model, "cpu")
+    assert fast.model is not model and model.training  # the original is left as it was
+    assert not fast.training and not fast.model.training
+    assert fast.settings.device == "cpu" and fast.settings.channels_last
+    weight = fast.model.refine1.crp.stages[0].weight
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    original = model.refine1.crp.stages[0].weight
+    assert original.is_contiguous() and not original.is_contiguous(memory_format=torch.channels_last)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,33 +389,3 @@ def test_count_macs_leaves_the_model_as_it_was():
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     # MACs scale with the pixel count (every layer is a convolution over the grid).
     assert count_macs(model, (128, 192)).total == pytest.approx(4 * count.total, rel=0.02)
-
-
-def test_compute_thread_runs_every_call_on_one_thread_other_than_the_callers():
-    compute = ComputeThread()
-    seen = []
-    callers = [threading.Thread(target=lambda: seen.append(compute.run(threading.get_ident))) for _ in range(4)]
-    for caller in callers:
-        caller.start()
-    for caller in callers:
-        caller.join()
-    seen.append(compute.run(threading.get_ident))
-    assert len(set(seen)) == 1 and seen[0] != threading.get_ident()
-    assert compute.run(compute.is_current) and not compute.is_current()
-
-
-def test_compute_thread_is_reentrant_carries_context_and_raises_errors():
-    compute = ComputeThread()
-    # A call made from the compute thread runs inline: waiting for the thread itself would hang.
-    done = []
-    nested = threading.Thread(target=lambda: done.append(compute.run(lambda: compute.run(lambda: 7))), daemon=True)
-    nested.start()
-    nested.join(timeout=10)
-    assert done == [7]
-    # Context variables of the caller (Gradio's progress tracker is one) are visible in the call.
-    var = contextvars.ContextVar("request", default=None)
-    var.set("caller's value")
-    assert compute.run(var.get) == "caller's value"
-    with pytest.raises(ZeroDivisionError):
-        compute.run(lambda: 1 / 0)
-    assert compute.run(lambda: "still serving") == "still serving"

@@ -89,7 +89,8 @@ def output_stems(paths: list[Path]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from refinenet.inference import ImageLoadError, Segmenter
+    from refinenet.images import ImageLoadError
+    from refinenet.inference import Segmenter
     from refinenet.visualize import label_map_to_png, overlay
 
     if args.model is None:

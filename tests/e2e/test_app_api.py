@@ -12,21 +12,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from refinenet.demo import SegmentOutputs
+
 from .conftest import CAMVID_CLASSES, CAMVID_PALETTE, INPUT_SIZE, REPO, grid_items
 
 pytestmark = pytest.mark.e2e
 
 EXAMPLE = REPO / "assets" / "synthetic-street-day.jpg"
-SEGMENT_FIELDS = ["overlay", "legend", "confidence", "label_png", "stages", "crp_block", "crp",
-                  "crp_context", "ablated", "changes", "ablation_summary", "path", "architecture", "timing"]
 
 
 def segment(client, image_path) -> dict:
     from gradio_client import handle_file
 
     values = client.predict(handle_file(str(image_path)), api_name="/segment")
-    assert len(values) == len(SEGMENT_FIELDS)
-    return dict(zip(SEGMENT_FIELDS, values, strict=True))
+    assert len(values) == len(SegmentOutputs.client_names())
+    return SegmentOutputs.from_client(values)
 
 
 items = grid_items

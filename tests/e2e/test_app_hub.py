@@ -7,6 +7,8 @@ import pytest
 from hub_server import LocalHub
 from PIL import Image
 
+from refinenet.demo import SegmentOutputs
+
 from .conftest import REPO, start_app, stop_app
 
 pytestmark = pytest.mark.e2e
@@ -29,9 +31,10 @@ def test_a_hub_repo_id_is_downloaded_and_used(app_model_folder, tmp_path):
             assert any("model.safetensors" in path for _, path in hub.requests)  # really downloaded
 
             example = REPO / "assets" / "synthetic-street-day.jpg"
-            out = client.predict(handle_file(str(example)), "lab/tiny-camvid", api_name="/segment")
-            assert "model `lab/tiny-camvid`" in out[-1]
-            assert Image.open(out[3]).size == Image.open(example).size  # the label-map PNG
+            out = SegmentOutputs.from_client(
+                client.predict(handle_file(str(example)), "lab/tiny-camvid", api_name="/segment"))
+            assert "model `lab/tiny-camvid`" in out["timing"]
+            assert Image.open(out["label_png"]).size == Image.open(example).size
 
             with pytest.raises(AppError) as missing:
                 client.predict("lab/not-there", api_name="/load_model")

@@ -32,6 +32,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from refinenet.demo import SegmentOutputs
+
 from .conftest import grid_items
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -80,7 +82,7 @@ def test_eight_clients_eighty_requests(app_server, tmp_path):
     alone = new_client(99)
     references = []
     for path, _ in pictures:
-        label_png = alone.predict(handle_file(str(path)), api_name="/segment")[3]  # the label-map PNG
+        label_png = SegmentOutputs.from_client(alone.predict(handle_file(str(path)), api_name="/segment"))["label_png"]
         references.append(np.asarray(Image.open(label_png)))
 
     def warm_up(i: int) -> None:
@@ -101,8 +103,8 @@ def test_eight_clients_eighty_requests(app_server, tmp_path):
         client = new_client(i)
         ok = 0
         for _ in range(REQUESTS_PER_CLIENT // 2):
-            out = client.predict(handle_file(str(path)), api_name="/segment")
-            labels = np.asarray(Image.open(out[3]))
+            out = SegmentOutputs.from_client(client.predict(handle_file(str(path)), api_name="/segment"))
+            labels = np.asarray(Image.open(out["label_png"]))
             assert labels.shape == (height, width), f"client {i} got a label map of another picture"
             assert np.array_equal(labels, references[i]), f"client {i} got a different label map under load"
             ok += 1
