@@ -64,6 +64,7 @@ try:  # ZeroGPU on Hugging Face Spaces: borrow a GPU only while the network runs
 
     network = spaces.GPU
 except ImportError:
+
     def network(fn):
         return fn
 
@@ -233,9 +234,11 @@ class DemoApp:
         segmenter = self.segmenter_for(name)[1]
         config = segmenter.config
         classes = ", ".join(segmenter.class_names[:12]) + (" …" if config.num_classes > 12 else "")
-        status = (f"Model **{name}** ready ({config.architecture}, {config.backbone}, {config.num_classes} classes: "
-                  f"{classes}; runs at {segmenter.max_side} px, on {segmenter.device.type}; "
-                  f"loaded in {time.perf_counter() - tick:.1f} s).")
+        status = (
+            f"Model **{name}** ready ({config.architecture}, {config.backbone}, {config.num_classes} classes: "
+            f"{classes}; runs at {segmenter.max_side} px, on {segmenter.device.type}; "
+            f"loaded in {time.perf_counter() - tick:.1f} s)."
+        )
         return gr.Dropdown(choices=self.model_choices(), value=name), status
 
     @on_compute_thread
@@ -269,8 +272,9 @@ class DemoApp:
     def run_network(self, image, model_name: str | None) -> demo.DemoResult:
         """Load the input (readable errors) and run the network once, caching every activation."""
         if image is None:
-            raise user_error("No image yet: upload a photo, use the webcam or paste an image, then press Segment.",
-                           title="No image")
+            raise user_error(
+                "No image yet: upload a photo, use the webcam or paste an image, then press Segment.", title="No image"
+            )
         name, segmenter = self.segmenter_for(model_name)
         try:
             data = image if isinstance(image, bytes) else Path(image).read_bytes()
@@ -279,8 +283,10 @@ class DemoApp:
         except ImageLoadError as error:
             raise user_error(f"This file cannot be used as an image: {error}.", title="Unreadable image") from error
         except MemoryError as error:
-            raise user_error("The image is too large for the memory of this server; downscale it and try again.",
-                           title="Image too large") from error
+            raise user_error(
+                "The image is too large for the memory of this server; downscale it and try again.",
+                title="Image too large",
+            ) from error
         except (OSError, RuntimeError, ValueError) as error:
             raise user_error(f"Segmentation failed: {error}", title="Segmentation failed") from error
 
@@ -328,8 +334,9 @@ class DemoApp:
     @staticmethod
     def _cached(result: demo.DemoResult | None) -> demo.DemoResult:
         if result is None:
-            raise user_error("Segment an image first: the views are drawn from its cached activations.",
-                           title="Nothing to show yet")
+            raise user_error(
+                "Segment an image first: the views are drawn from its cached activations.", title="Nothing to show yet"
+            )
         return result
 
     @on_compute_thread
@@ -361,8 +368,7 @@ class DemoApp:
         if block not in names:
             raise user_error(f"No block named {block!r}; this model has {', '.join(names)}.")
         reduction, scaling, colormap = _view_options(reduction, scaling, colormap)
-        return (demo.crp_grid(result, block, reduction, scaling, colormap),
-                demo.crp_context_markdown(result, block))
+        return (demo.crp_grid(result, block, reduction, scaling, colormap), demo.crp_context_markdown(result, block))
 
     @on_compute_thread
     def ablate(self, result, path, opacity):
@@ -379,8 +385,12 @@ class DemoApp:
         if stride not in result.ablations:
             result.ablations[stride] = network_ablated_labels(result.model_id, result.work_image, stride)
         view = demo.ablation_view(result, stride, opacity)
-        return (self.picture(view.overlay), self.picture(view.changes), view.summary,
-                demo.render_architecture(result, ablated_stride=stride))
+        return (
+            self.picture(view.overlay),
+            self.picture(view.changes),
+            view.summary,
+            demo.render_architecture(result, ablated_stride=stride),
+        )
 
 
 def user_error(message: str, title: str = "Error") -> gr.Error:
@@ -404,8 +414,11 @@ def _option(value, allowed: dict[str, str], what: str) -> str:
 
 def _view_options(reduction, scaling, colormap) -> tuple[str, str, str]:
     """The feature-map view's three options, checked (an API client may send anything)."""
-    return (_option(reduction, REDUCTIONS, "reduction"), _option(scaling, SCALINGS, "scaling"),
-            _option(colormap, {c: c for c in COLORMAPS}, "colour map"))
+    return (
+        _option(reduction, REDUCTIONS, "reduction"),
+        _option(scaling, SCALINGS, "scaling"),
+        _option(colormap, {c: c for c in COLORMAPS}, "colour map"),
+    )
 
 
 # The app whose events are being served. The functions that run the network reach it through
@@ -446,8 +459,14 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
-                image = gr.Image(label="Your image", sources=["upload", "webcam", "clipboard"], type="filepath",
-                                 image_mode=None, height=360, elem_id="input-image")
+                image = gr.Image(
+                    label="Your image",
+                    sources=["upload", "webcam", "clipboard"],
+                    type="filepath",
+                    image_mode=None,
+                    height=360,
+                    elem_id="input-image",
+                )
                 image.preprocess = undecoded_upload
                 segment_button = gr.Button("Segment", variant="primary", elem_id="segment-button")
                 for label, names in EXAMPLE_SETS:
@@ -456,27 +475,42 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                         gr.Examples(examples=examples, inputs=[image], label=label)
                 gr.Markdown(EXAMPLES_NOTE)
                 with gr.Accordion("Model", open=True):
-                    model = gr.Dropdown(choices=app.model_choices(), value=app.default_model, label="Model",
-                                        allow_custom_value=True, elem_id="model-choice")
-                    custom = gr.Textbox(label="…or a Hugging Face repo id (ORG/NAME) or a local model folder",
-                                        placeholder="org/refinenet-model  or  /path/to/folder")
+                    model = gr.Dropdown(
+                        choices=app.model_choices(),
+                        value=app.default_model,
+                        label="Model",
+                        allow_custom_value=True,
+                        elem_id="model-choice",
+                    )
+                    custom = gr.Textbox(
+                        label="…or a Hugging Face repo id (ORG/NAME) or a local model folder",
+                        placeholder="org/refinenet-model  or  /path/to/folder",
+                    )
                     load_button = gr.Button("Load model")
-                    model_status = gr.Markdown(f"Model **{app.default_model}** is loaded."
-                                               + "".join(f"\n\n(skipped {n})" for n in app.startup_notes))
+                    model_status = gr.Markdown(
+                        f"Model **{app.default_model}** is loaded."
+                        + "".join(f"\n\n(skipped {n})" for n in app.startup_notes)
+                    )
             with gr.Column(scale=3, min_width=360):
                 gr.Markdown(SEGMENTATION_HELP)
-                overlay = gr.Image(label="Segmentation overlay", format="png", interactive=False,
-                                   elem_id="overlay")
+                overlay = gr.Image(label="Segmentation overlay", format="png", interactive=False, elem_id="overlay")
                 opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="Label opacity")
                 timing = gr.Markdown(elem_id="timing")
                 with gr.Row():
-                    legend = gr.HTML(label="Classes and their share of the pixels (hover a class to see it)",
-                                     elem_id="legend", js_on_load=widgets.LEGEND_JS,
-                                     css_template=widgets.LEGEND_CSS)
-                    confidence = gr.Image(label="Confidence (max softmax)", format="png", interactive=False,
-                                          elem_id="confidence")
-                download = gr.File(label="Label map (lossless palette PNG: pixel value = class index)",
-                                   interactive=False, elem_id="label-png")
+                    legend = gr.HTML(
+                        label="Classes and their share of the pixels (hover a class to see it)",
+                        elem_id="legend",
+                        js_on_load=widgets.LEGEND_JS,
+                        css_template=widgets.LEGEND_CSS,
+                    )
+                    confidence = gr.Image(
+                        label="Confidence (max softmax)", format="png", interactive=False, elem_id="confidence"
+                    )
+                download = gr.File(
+                    label="Label map (lossless palette PNG: pixel value = class index)",
+                    interactive=False,
+                    elem_id="label-png",
+                )
 
         gr.Markdown("## Inside RefineNet: RefineNet-4 → RefineNet-1")
         gr.Markdown(STAGES_HELP)
@@ -493,24 +527,33 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             with gr.Column(scale=1, min_width=260):
                 gr.Markdown(CRP_HELP)
                 block_names = default_config.block_names
-                crp_block = gr.Dropdown(choices=block_names, value=default_crp_block(block_names), label="Block",
-                                        elem_id="crp-block")
+                crp_block = gr.Dropdown(
+                    choices=block_names, value=default_crp_block(block_names), label="Block", elem_id="crp-block"
+                )
                 crp_context = gr.Markdown()
             with gr.Column(scale=3):
-                crp = gr.HTML(label="CRP: input and branches (top), windows and running sums (bottom)",
-                              show_label=True, container=True, elem_id="crp")
+                crp = gr.HTML(
+                    label="CRP: input and branches (top), windows and running sums (bottom)",
+                    show_label=True,
+                    container=True,
+                    elem_id="crp",
+                )
 
         gr.Markdown("## Path ablation")
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
                 gr.Markdown(ABLATION_HELP)
-                path = gr.Radio([("keep all", "none"), ("1/4", "4"), ("1/8", "8"), ("1/16", "16"), ("1/32", "32")],
-                                value="none", label="Switch off the backbone path at", elem_id="ablation-path")
+                path = gr.Radio(
+                    [("keep all", "none"), ("1/4", "4"), ("1/8", "8"), ("1/16", "16"), ("1/32", "32")],
+                    value="none",
+                    label="Switch off the backbone path at",
+                    elem_id="ablation-path",
+                )
                 ablation_summary = gr.Markdown("Choose a path to switch off.")
-            ablated = gr.Image(label="Prediction without that path", format="png", interactive=False,
-                               elem_id="ablated")
-            changes = gr.Image(label="Where it changed (new class colour)", format="png", interactive=False,
-                               elem_id="changes")
+            ablated = gr.Image(label="Prediction without that path", format="png", interactive=False, elem_id="ablated")
+            changes = gr.Image(
+                label="Where it changed (new class colour)", format="png", interactive=False, elem_id="changes"
+            )
 
         gr.Markdown("## Architecture")
         gr.Markdown(ARCHITECTURE_HELP)
@@ -519,18 +562,32 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         state = gr.State(None, time_to_live=STATE_TTL_SECONDS)
 
         view_inputs = [opacity, reduction, scaling, colormap, top_k, crp_block]
-        outputs = list(SegmentOutputs(
-            state=state, overlay=overlay, legend=legend, confidence=confidence, label_png=download, stages=stages,
-            crp_block=crp_block, crp=crp, crp_context=crp_context, ablated=ablated, changes=changes,
-            ablation_summary=ablation_summary, path=path, architecture=architecture, timing=timing,
-        ).values())
+        outputs = list(
+            SegmentOutputs(
+                state=state,
+                overlay=overlay,
+                legend=legend,
+                confidence=confidence,
+                label_png=download,
+                stages=stages,
+                crp_block=crp_block,
+                crp=crp,
+                crp_context=crp_context,
+                ablated=ablated,
+                changes=changes,
+                ablation_summary=ablation_summary,
+                path=path,
+                architecture=architecture,
+                timing=timing,
+            ).values()
+        )
         # One network event at a time (all torch work runs on the app's one compute thread anyway);
         # the queue shows waiting users their place.
         network_options = dict(concurrency_limit=1, concurrency_id="network")
-        segment_button.click(app.segment, [image, model, *view_inputs], outputs, api_name="segment",
-                             **network_options)
-        image.change(app.segment_on_change, [image, model, *view_inputs], outputs, api_visibility="private",
-                     **network_options)
+        segment_button.click(app.segment, [image, model, *view_inputs], outputs, api_name="segment", **network_options)
+        image.change(
+            app.segment_on_change, [image, model, *view_inputs], outputs, api_visibility="private", **network_options
+        )
         opacity.release(app.overlay, [state, opacity], overlay, api_name="overlay")
         feature_inputs = [state, reduction, scaling, colormap, top_k]
         reduction.input(app.features, feature_inputs, stages, api_name="features")
@@ -541,20 +598,29 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         crp_block.input(app.crp, crp_inputs, [crp, crp_context], api_name="crp")
         for control in (reduction, scaling, colormap):
             control.input(app.crp, crp_inputs, [crp, crp_context], api_visibility="private")
-        path.input(app.ablate, [state, path, opacity], [ablated, changes, ablation_summary, architecture],
-                   api_name="ablate", **network_options)
-        load_button.click(app.load_model, custom, [model, model_status], api_name="load_model",
-                          **network_options).success(app.layout_for, model, crp_block, api_visibility="private")
-        model.input(app.load_model, model, [model, model_status], api_visibility="private",
-                    **network_options).success(app.layout_for, model, crp_block, api_visibility="private")
+        path.input(
+            app.ablate,
+            [state, path, opacity],
+            [ablated, changes, ablation_summary, architecture],
+            api_name="ablate",
+            **network_options,
+        )
+        load_button.click(
+            app.load_model, custom, [model, model_status], api_name="load_model", **network_options
+        ).success(app.layout_for, model, crp_block, api_visibility="private")
+        model.input(app.load_model, model, [model, model_status], api_visibility="private", **network_options).success(
+            app.layout_for, model, crp_block, api_visibility="private"
+        )
     return blocks
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="RefineNet teaching demo (Gradio)")
-    parser.add_argument("--model", default=os.environ.get(MODEL_ENV),
-                        help=f"zoo id, Hub repo id or model folder (default: ${MODEL_ENV}, else the first zoo "
-                             "model that loads)")
+    parser.add_argument(
+        "--model",
+        default=os.environ.get(MODEL_ENV),
+        help=f"zoo id, Hub repo id or model folder (default: ${MODEL_ENV}, else the first zoo model that loads)",
+    )
     parser.add_argument("--device", default=os.environ.get(DEVICE_ENV), help="cpu, cuda, mps (default: best)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME"), help="address to listen on")
     parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
@@ -568,9 +634,15 @@ def main(argv: list[str] | None = None) -> None:
     blocks = build_demo(app)
     blocks.queue(default_concurrency_limit=4, max_size=args.queue_size)
     mcp = importlib.util.find_spec("mcp") is not None  # gradio[mcp] installed: also serve the tools
-    blocks.launch(server_name=args.host, server_port=args.port, show_error=False, mcp_server=mcp or None,
-                  allowed_paths=[str(ASSETS)], footer_links=["api", "gradio", "settings"],
-                  css=widgets.PICTURE_GRID_CSS)
+    blocks.launch(
+        server_name=args.host,
+        server_port=args.port,
+        show_error=False,
+        mcp_server=mcp or None,
+        allowed_paths=[str(ASSETS)],
+        footer_links=["api", "gradio", "settings"],
+        css=widgets.PICTURE_GRID_CSS,
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,16 @@ def _sky(draw: ImageDraw.ImageDraw, top: tuple[int, int, int], bottom: tuple[int
         draw.line([(0, y), (WIDTH, y)], fill=colour)
 
 
-def _building(draw: ImageDraw.ImageDraw, rng: np.random.Generator, x0: int, x1: int, top: int, base: int,
-              colour: tuple[int, int, int], lit: float) -> None:
+def _building(
+    draw: ImageDraw.ImageDraw,
+    rng: np.random.Generator,
+    x0: int,
+    x1: int,
+    top: int,
+    base: int,
+    colour: tuple[int, int, int],
+    lit: float,
+) -> None:
     draw.rectangle([x0, top, x1, base], fill=colour)
     window_w, window_h = 10 + int(rng.integers(0, 6)), 14 + int(rng.integers(0, 6))
     for wy in range(top + 12, base - 30, window_h + 12):
@@ -40,8 +48,11 @@ def _building(draw: ImageDraw.ImageDraw, rng: np.random.Generator, x0: int, x1: 
 def _car(draw: ImageDraw.ImageDraw, x: int, y: int, scale: float, colour: tuple[int, int, int]) -> None:
     w, h = 120 * scale, 42 * scale
     draw.rounded_rectangle([x, y - h, x + w, y], radius=int(10 * scale), fill=colour)
-    draw.rounded_rectangle([x + 0.2 * w, y - h - 0.55 * h, x + 0.78 * w, y - h + 4], radius=int(8 * scale),
-                           fill=tuple(max(0, c - 30) for c in colour))
+    draw.rounded_rectangle(
+        [x + 0.2 * w, y - h - 0.55 * h, x + 0.78 * w, y - h + 4],
+        radius=int(8 * scale),
+        fill=tuple(max(0, c - 30) for c in colour),
+    )
     draw.rectangle([x + 0.27 * w, y - h - 0.45 * h, x + 0.48 * w, y - h], fill=(150, 180, 200))
     draw.rectangle([x + 0.52 * w, y - h - 0.45 * h, x + 0.72 * w, y - h], fill=(150, 180, 200))
     for wx in (x + 0.2 * w, x + 0.8 * w):
@@ -61,8 +72,7 @@ def _tree(draw: ImageDraw.ImageDraw, rng: np.random.Generator, x: int, ground: i
 
 def _person(draw: ImageDraw.ImageDraw, x: int, ground: int, size: float, colour: tuple[int, int, int]) -> None:
     draw.ellipse([x - 6 * size, ground - 70 * size, x + 6 * size, ground - 58 * size], fill=(220, 180, 150))
-    draw.rounded_rectangle([x - 9 * size, ground - 57 * size, x + 9 * size, ground - 28 * size], radius=4,
-                           fill=colour)
+    draw.rounded_rectangle([x - 9 * size, ground - 57 * size, x + 9 * size, ground - 28 * size], radius=4, fill=colour)
     draw.rectangle([x - 8 * size, ground - 28 * size, x - 2 * size, ground], fill=(40, 40, 70))
     draw.rectangle([x + 2 * size, ground - 28 * size, x + 8 * size, ground], fill=(40, 40, 70))
 
@@ -85,12 +95,14 @@ def street_scene(seed: int, dusk: bool = False) -> Image.Image:
     # Pavement on both sides, road in perspective between them.
     vanish = WIDTH * rng.uniform(0.42, 0.58)
     draw.polygon([(0, horizon + 30), (WIDTH, horizon + 30), (WIDTH, HEIGHT), (0, HEIGHT)], fill=(165, 160, 150))
-    draw.polygon([(vanish - 40, horizon + 30), (vanish + 40, horizon + 30), (WIDTH + 150, HEIGHT), (-150, HEIGHT)],
-                 fill=(75, 75, 80))
+    draw.polygon(
+        [(vanish - 40, horizon + 30), (vanish + 40, horizon + 30), (WIDTH + 150, HEIGHT), (-150, HEIGHT)],
+        fill=(75, 75, 80),
+    )
     for i in range(8):
         t0, t1 = (i + 0.2) / 8, (i + 0.6) / 8
-        y0, y1 = horizon + 30 + t0 ** 1.6 * (HEIGHT - horizon - 30), horizon + 30 + t1 ** 1.6 * (HEIGHT - horizon - 30)
-        w0, w1 = 1 + 5 * t0 ** 1.6, 1 + 5 * t1 ** 1.6
+        y0, y1 = horizon + 30 + t0**1.6 * (HEIGHT - horizon - 30), horizon + 30 + t1**1.6 * (HEIGHT - horizon - 30)
+        w0, w1 = 1 + 5 * t0**1.6, 1 + 5 * t1**1.6
         draw.polygon([(vanish - w0, y0), (vanish + w0, y0), (vanish + w1, y1), (vanish - w1, y1)], fill=(235, 235, 225))
     for side in (-1, 1):
         px = vanish + side * rng.uniform(170, 240)
@@ -105,8 +117,13 @@ def street_scene(seed: int, dusk: bool = False) -> Image.Image:
         _car(draw, cx, int(horizon + 60 + 140 * (scale - 0.8)), scale, palette[(seed + i) % len(palette)])
     for _ in range(int(rng.integers(1, 4))):
         side = rng.choice([20, WIDTH - 60])
-        _person(draw, int(side + rng.uniform(0, 40)), int(HEIGHT - rng.uniform(20, 90)), rng.uniform(0.9, 1.3),
-                palette[int(rng.integers(0, len(palette)))])
+        _person(
+            draw,
+            int(side + rng.uniform(0, 40)),
+            int(HEIGHT - rng.uniform(20, 90)),
+            rng.uniform(0.9, 1.3),
+            palette[int(rng.integers(0, len(palette)))],
+        )
     # A little sensor-like texture and softness, so that edges are not perfectly crisp.
     pixels = np.asarray(image.filter(ImageFilter.GaussianBlur(0.8)), dtype=np.float32)
     pixels += rng.normal(0, 4.0, size=pixels.shape)

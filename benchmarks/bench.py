@@ -83,8 +83,17 @@ def spawn(job: str, device: str, argv: list[str], timeout: float, threads: int) 
         # numpy's BLAS (the app's PCA) gets the same thread count as torch.
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[name] = str(threads)
-        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", job, "--device", device,
-                   "--result-file", str(out)]
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            *argv,
+            "--worker",
+            job,
+            "--device",
+            device,
+            "--result-file",
+            str(out),
+        ]
         tick = time.perf_counter()
         try:
             done = subprocess.run(command, env=env, timeout=timeout)
@@ -97,42 +106,79 @@ def spawn(job: str, device: str, argv: list[str], timeout: float, threads: int) 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="all",
-                        help=f"comma-separated, or 'all' ({', '.join(ARCHITECTURES)}, and zoo:<id> for bundled "
-                             "zoo models, which 'all' includes)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--models",
+        default="all",
+        help=f"comma-separated, or 'all' ({', '.join(ARCHITECTURES)}, and zoo:<id> for bundled "
+        "zoo models, which 'all' includes)",
+    )
     parser.add_argument("--sizes", default="512,480x360", help="input sizes, N or WxH (default: 512,480x360)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per path (default 10; heavy models "
-                                                                  "on the CPU get a third)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed calls per path (default 10; heavy models on the CPU get a third)",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per path first (default 2)")
     parser.add_argument("--batch", type=int, default=None, help="the larger batch (default: CPU 4, heavy 2; GPU 32)")
     parser.add_argument("--device", default="all", help="cpu, cuda, or all (CPU, and the GPU when present)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads on the CPU")
-    parser.add_argument("--compile", default=",".join(MOBILE_MODELS),
-                        help="models that also get a torch.compile path ('none' for none)")
-    parser.add_argument("--bf16", default=",".join(MOBILE_MODELS),
-                        help="models that also get the (opt-in) CPU bf16 path ('none' for none)")
-    parser.add_argument("--ablation", default=",".join(MOBILE_MODELS),
-                        help="models that also get the per-trick paths: channels-last only, +BN folding ('none')")
-    parser.add_argument("--budget", type=float, default=660,
-                        help="seconds; models not started within it are skipped and listed (default 660)")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall time, or process CPU time (robust on a shared machine; use with --threads 1)")
-    parser.add_argument("--compile-all-sizes", action="store_true",
-                        help="also time the compiled path at the other sizes and the larger batch (each recompiles)")
+    parser.add_argument(
+        "--compile", default=",".join(MOBILE_MODELS), help="models that also get a torch.compile path ('none' for none)"
+    )
+    parser.add_argument(
+        "--bf16",
+        default=",".join(MOBILE_MODELS),
+        help="models that also get the (opt-in) CPU bf16 path ('none' for none)",
+    )
+    parser.add_argument(
+        "--ablation",
+        default=",".join(MOBILE_MODELS),
+        help="models that also get the per-trick paths: channels-last only, +BN folding ('none')",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=660,
+        help="seconds; models not started within it are skipped and listed (default 660)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall time, or process CPU time (robust on a shared machine; use with --threads 1)",
+    )
+    parser.add_argument(
+        "--compile-all-sizes",
+        action="store_true",
+        help="also time the compiled path at the other sizes and the larger batch (each recompiles)",
+    )
     parser.add_argument("--no-app", dest="app", action="store_false", help="skip the app's end-to-end timing")
     parser.add_argument("--app-size", default="480x360", help="image size for the app timing (WxH)")
     parser.add_argument("--app-repeats", type=int, default=5)
-    parser.add_argument("--real-images", type=Path, default=DEFAULT_REAL_IMAGES,
-                        help="folder of real images for the agreement check (read in place)")
+    parser.add_argument(
+        "--real-images",
+        type=Path,
+        default=DEFAULT_REAL_IMAGES,
+        help="folder of real images for the agreement check (read in place)",
+    )
     parser.add_argument("--real-count", type=int, default=2, help="real images per model (default 2)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output folder")
     parser.add_argument("--name", default=None, help="file stem (default: the device, '-quick' for --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help="the two mobile models, 3 repeats, no compile: a smoke run of a few minutes")
-    parser.add_argument("--note", action="append", default=[],
-                        help="a line for the results' notes, e.g. what else ran on the machine (repeatable)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the two mobile models, 3 repeats, no compile: a smoke run of a few minutes",
+    )
+    parser.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="a line for the results' notes, e.g. what else ran on the machine (repeatable)",
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds per model before giving up")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
@@ -172,8 +218,18 @@ def main(argv: list[str] | None = None) -> int:
     # Everything but the orchestration options goes to the workers as given.
     forward = [a for a in raw if a not in ("--quick",)]
     if args.quick:
-        forward += ["--repeats", str(args.repeats), "--warmup", str(args.warmup), "--compile", args.compile,
-                    "--real-count", str(args.real_count), "--app-repeats", str(args.app_repeats)]
+        forward += [
+            "--repeats",
+            str(args.repeats),
+            "--warmup",
+            str(args.warmup),
+            "--compile",
+            args.compile,
+            "--real-count",
+            str(args.real_count),
+            "--app-repeats",
+            str(args.app_repeats),
+        ]
     args.out.mkdir(parents=True, exist_ok=True)
     for device_name in devices:
         device = torch.device(device_name)
@@ -201,16 +257,23 @@ def main(argv: list[str] | None = None) -> int:
             if args.bf16_models and not native_bf16_cpu():
                 notes.append("This CPU has no native bf16 (avx512_bf16/amx_bf16): the bf16 path was skipped.")
         else:
-            notes.append("eager runs with PyTorch's defaults: cuDNN convolutions may use TF32 "
-                         f"(torch.backends.cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}).")
+            notes.append(
+                "eager runs with PyTorch's defaults: cuDNN convolutions may use TF32 "
+                f"(torch.backends.cudnn.allow_tf32={torch.backends.cudnn.allow_tf32})."
+            )
             name = torch.cuda.get_device_name(device)
             datasheet = next((v for k, v in GPU_DATASHEET_BF16.items() if k in name), None)
             if datasheet:
                 peak["datasheet_bf16"] = datasheet
         notes += args.note
-        result = {"device": device_name, "clock": args.clock, "stamp": stamp(device, command), "peak": peak,
-                  "notes": notes,
-                  "models": []}
+        result = {
+            "device": device_name,
+            "clock": args.clock,
+            "stamp": stamp(device, command),
+            "peak": peak,
+            "notes": notes,
+            "models": [],
+        }
         started = time.perf_counter()
         jobs = list(models)
         if args.app and device.type == "cpu":

@@ -59,8 +59,11 @@ def _zoo_folder(model_id: str) -> Path | None:
 # The benchmark's model names -> (title, architecture of refinenet.list_models(), builder options), all
 # at 21 classes; the app's model has no architecture here: it runs with its bundled trained weights.
 ARCHITECTURES: dict[str, tuple[str, str | None, dict]] = {
-    "lw-mobilenetv2": ("Light-Weight RefineNet, authors' MobileNet-v2 (21 classes)", "lw_refinenet_mobilenetv2",
-                       {"authors_layout": True}),
+    "lw-mobilenetv2": (
+        "Light-Weight RefineNet, authors' MobileNet-v2 (21 classes)",
+        "lw_refinenet_mobilenetv2",
+        {"authors_layout": True},
+    ),
     APP_MODEL: (f"RefineNet on MobileNetV2, the app's default model ({APP_ZOO_ID})", None, {}),
     "lw-resnet50": ("Light-Weight RefineNet-50 (21 classes)", "lw_refinenet_resnet50", {}),
     "lw-resnet101": ("Light-Weight RefineNet-101 (21 classes)", "lw_refinenet_resnet101", {}),
@@ -95,8 +98,10 @@ def build(name: str) -> tuple[torch.nn.Module, dict]:
         return load_folder(folder), info
     model = refinenet.get_model(architecture, num_classes=21, **options)
     return calibrate(model).eval(), {
-        "title": title, "weights": "random weights (architecture only; BN statistics from random images)",
-        "trained": False}
+        "title": title,
+        "weights": "random weights (architecture only; BN statistics from random images)",
+        "trained": False,
+    }
 
 
 def _app_model() -> tuple[Path, dict]:
@@ -104,8 +109,11 @@ def _app_model() -> tuple[Path, dict]:
     folder = _zoo_folder(APP_ZOO_ID)
     if folder is None:
         raise SystemExit(f"the app's default model {APP_ZOO_ID} has no bundled weights")
-    return folder, {"title": ARCHITECTURES[APP_MODEL][0], "weights": f"trained ({folder.relative_to(REPO)})",
-                    "trained": True}
+    return folder, {
+        "title": ARCHITECTURES[APP_MODEL][0],
+        "weights": f"trained ({folder.relative_to(REPO)})",
+        "trained": True,
+    }
 
 
 def calibrate(model: torch.nn.Module) -> torch.nn.Module:
@@ -212,8 +220,9 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def time_interleaved(paths: dict[str, Callable], x: torch.Tensor, warmup: int, repeats: int,
-                     device: torch.device) -> tuple[dict[str, float], dict[str, list[float]]]:
+def time_interleaved(
+    paths: dict[str, Callable], x: torch.Tensor, warmup: int, repeats: int, device: torch.device
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """First-call time and per-call times of every path, one call of each per round."""
     first = {}
     for name, fn in paths.items():
@@ -232,8 +241,13 @@ def time_interleaved(paths: dict[str, Callable], x: torch.Tensor, warmup: int, r
 def summarise(times: list[float]) -> dict:
     ordered = sorted(times)
     p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
-    return {"median_s": statistics.median(ordered), "p90_s": p90, "mean_s": statistics.fmean(ordered),
-            "min_s": ordered[0], "n": len(ordered)}
+    return {
+        "median_s": statistics.median(ordered),
+        "p90_s": p90,
+        "mean_s": statistics.fmean(ordered),
+        "min_s": ordered[0],
+        "n": len(ordered),
+    }
 
 
 def agreement(actual: torch.Tensor, expected: torch.Tensor) -> dict:
@@ -308,8 +322,16 @@ def measure_model(name: str, args, device: torch.device) -> dict:
     repeats = max(3, args.repeats // 3) if heavy else args.repeats
     batch = args.batch if args.batch else (32 if device.type == "cuda" else (2 if heavy else 4))
     record = {
-        "model": name, **info, "parameters": refinenet.count_parameters(model), "macs_512": macs_512,
-        "heavy": heavy, "warmup": warmup, "repeats": repeats, "batch": batch, "sizes": [], "accuracy": [],
+        "model": name,
+        **info,
+        "parameters": refinenet.count_parameters(model),
+        "macs_512": macs_512,
+        "heavy": heavy,
+        "warmup": warmup,
+        "repeats": repeats,
+        "batch": batch,
+        "sizes": [],
+        "accuracy": [],
     }
     log(f"{name}: built ({info['weights']})")
     paths, notes = build_paths(model, device, args, name, heavy)
@@ -360,15 +382,22 @@ def measure_model(name: str, args, device: torch.device) -> dict:
         for path, fn in paths.items():
             if path == "eager":
                 continue
-            row = {"path": path, "input": label, "size": size_name(tuple(image.shape[-2:])),
-                   "trained_weights": bool(info.get("trained"))}
+            row = {
+                "path": path,
+                "input": label,
+                "size": size_name(tuple(image.shape[-2:])),
+                "trained_weights": bool(info.get("trained")),
+            }
             row.update(agreement(fn(image), expected))
             record["accuracy"].append(row)
 
     # Peak memory last, with freed memory handed back to the OS at once, so that what one path
     # allocated and freed is not silently reused by the next one.
-    record["memory_method"] = "rss-high-water, glibc returns freed memory" if _return_freed_memory() else \
-        "rss-high-water (glibc tuning unavailable: reuse of freed memory may hide part of a peak)"
+    record["memory_method"] = (
+        "rss-high-water, glibc returns freed memory"
+        if _return_freed_memory()
+        else "rss-high-water (glibc tuning unavailable: reuse of freed memory may hide part of a peak)"
+    )
     log(f"{name}: memory")
     x = inputs[size]
     for path, fn in paths.items():
@@ -452,13 +481,21 @@ def measure_app(args, device: torch.device) -> dict:
         breakdown = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
         network, end_to_end = statistics.median(networks), statistics.median(totals)
         payload = len(json.dumps(response.get("data", []), default=str))
-    return {"status": "ok", "model": info, "image": f"{image_path.name} ({size_name(size)})",
-            "repeats": args.app_repeats, "clock": args.clock,
-            "segmenter_model_class": type(segmenter.model).__name__,
-            "end_to_end_s": end_to_end, "end_to_end_p90_s": summarise(totals)["p90_s"],
-            "network_s": network, "overhead_s": end_to_end - network,
-            "overhead_ratio": (end_to_end - network) / network,
-            "breakdown_wall_s": breakdown, "response_json_bytes": payload}
+    return {
+        "status": "ok",
+        "model": info,
+        "image": f"{image_path.name} ({size_name(size)})",
+        "repeats": args.app_repeats,
+        "clock": args.clock,
+        "segmenter_model_class": type(segmenter.model).__name__,
+        "end_to_end_s": end_to_end,
+        "end_to_end_p90_s": summarise(totals)["p90_s"],
+        "network_s": network,
+        "overhead_s": end_to_end - network,
+        "overhead_ratio": (end_to_end - network) / network,
+        "breakdown_wall_s": breakdown,
+        "response_json_bytes": payload,
+    }
 
 
 def _app_image(folder: Path | None, size: tuple[int, int], tmp: Path) -> Path:
@@ -517,11 +554,25 @@ def cpu_name() -> str:
 
 def git_commit() -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "refinenet", "benchmarks/bench.py",
-                                "benchmarks/measure.py", "benchmarks/report.py", "app.py"],
-                               cwd=REPO, capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--",
+                "refinenet",
+                "benchmarks/bench.py",
+                "benchmarks/measure.py",
+                "benchmarks/report.py",
+                "app.py",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         return commit + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -547,6 +598,12 @@ def stamp(device: torch.device, command: str) -> dict:
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update({"gpu": props.name, "gpu_memory_bytes": props.total_memory, "cuda": torch.version.cuda,
-                     "cudnn": torch.backends.cudnn.version()})
+        info.update(
+            {
+                "gpu": props.name,
+                "gpu_memory_bytes": props.total_memory,
+                "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version(),
+            }
+        )
     return info

@@ -47,8 +47,11 @@ class ResNetBackbone(Backbone):
 
     def __init__(self, depth: int = 101, weights: str | None = None) -> None:
         super().__init__()
-        builders = {50: (tvm.resnet50, tvm.ResNet50_Weights), 101: (tvm.resnet101, tvm.ResNet101_Weights),
-                    152: (tvm.resnet152, tvm.ResNet152_Weights)}
+        builders = {
+            50: (tvm.resnet50, tvm.ResNet50_Weights),
+            101: (tvm.resnet101, tvm.ResNet101_Weights),
+            152: (tvm.resnet152, tvm.ResNet152_Weights),
+        }
         if depth not in builders:
             raise ValueError(f"ResNet depth must be 50, 101 or 152, not {depth}")
         build, weight_enum = builders[depth]
@@ -131,7 +134,13 @@ class AuthorsMobileNetV2Backbone(Backbone):
 
     # (expansion, channels, blocks, stride) for layer2..layer8, as in the MobileNet-v2 paper.
     settings = (
-        (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
     )
 
     def __init__(self) -> None:

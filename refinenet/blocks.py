@@ -106,8 +106,7 @@ class MultiResolutionFusion(nn.Module):
         fused = None
         for p in projected:
             if p.shape[-2:] != (height, width):
-                p = F.interpolate(p, size=(height, width), mode="bilinear",
-                                  align_corners=self.align_corners)
+                p = F.interpolate(p, size=(height, width), mode="bilinear", align_corners=self.align_corners)
             fused = p if fused is None else fused + p
         return fused
 

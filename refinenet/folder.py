@@ -42,9 +42,15 @@ class StrictLoadError(WeightsError):
 
     def __init__(self, missing: list[str], unexpected: list[str], mismatched: list[str], where: str = "") -> None:
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        parts = [f"{title} ({len(keys)}): {', '.join(keys)}"
-                 for title, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("shape mismatches", mismatched)) if keys]
+        parts = [
+            f"{title} ({len(keys)}): {', '.join(keys)}"
+            for title, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", mismatched),
+            )
+            if keys
+        ]
         super().__init__(f"the weights{' in ' + where if where else ''} do not match the model; " + "; ".join(parts))
 
 
@@ -95,8 +101,11 @@ def check_state_dict(expected: Mapping[str, torch.Size], state_dict: Mapping[str
     """Raise :class:`StrictLoadError` unless ``state_dict`` has exactly the expected keys and shapes."""
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [f"{k}: {tuple(v.shape)} vs {tuple(expected[k])}" for k, v in state_dict.items()
-                  if k in expected and tuple(v.shape) != tuple(expected[k])]
+    mismatched = [
+        f"{k}: {tuple(v.shape)} vs {tuple(expected[k])}"
+        for k, v in state_dict.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k])
+    ]
     if missing or unexpected or mismatched:
         raise StrictLoadError(missing, unexpected, mismatched, where)
 
@@ -163,8 +172,15 @@ def save_pretrained(
     if existing and not overwrite:
         raise FileExistsError(f"{folder} already holds {', '.join(existing)}; pass overwrite=True to replace them")
     card = render_model_card(
-        config, title=title, repo_id=repo_id, parameters=count_parameters(expected), metrics=metrics,
-        provenance=provenance, license_name=license_name, license_text=license_text, sections=card_sections,
+        config,
+        title=title,
+        repo_id=repo_id,
+        parameters=count_parameters(expected),
+        metrics=metrics,
+        provenance=provenance,
+        license_name=license_name,
+        license_text=license_text,
+        sections=card_sections,
     )
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     # Write next to the target, then rename: an interrupted save never leaves a half-written file.

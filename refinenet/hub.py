@@ -102,8 +102,9 @@ def _verify_cached(path: str, expected: str | None, what: str) -> str | None:
     return actual
 
 
-def _from_cache(repo_id: str, revision: str, cache_dir: str | None, expected: str | None,
-                attempts: list[str]) -> tuple[Path, str] | None:
+def _from_cache(
+    repo_id: str, revision: str, cache_dir: str | None, expected: str | None, attempts: list[str]
+) -> tuple[Path, str] | None:
     weights = try_to_load_from_cache(repo_id, WEIGHTS_NAME, cache_dir=cache_dir, revision=revision)
     config = try_to_load_from_cache(repo_id, CONFIG_NAME, cache_dir=cache_dir, revision=revision)
     if not isinstance(weights, str) or not isinstance(config, str):
@@ -117,18 +118,43 @@ def _from_cache(repo_id: str, revision: str, cache_dir: str | None, expected: st
     return Path(weights).parent, sha
 
 
-def _download(repo_id: str, revision: str, *, cache_dir: str | None, endpoint: str | None, token: str | bool | None,
-              force_download: bool, expected: str | None, attempts: list[str]) -> tuple[Path, str] | None:
+def _download(
+    repo_id: str,
+    revision: str,
+    *,
+    cache_dir: str | None,
+    endpoint: str | None,
+    token: str | bool | None,
+    force_download: bool,
+    expected: str | None,
+    attempts: list[str],
+) -> tuple[Path, str] | None:
     where = endpoint or constants.ENDPOINT
     try:
-        weights = hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir, endpoint=endpoint,
-                                  token=token, force_download=force_download)
+        weights = hf_hub_download(
+            repo_id,
+            WEIGHTS_NAME,
+            revision=revision,
+            cache_dir=cache_dir,
+            endpoint=endpoint,
+            token=token,
+            force_download=force_download,
+        )
         commit = Path(weights).parent.name  # snapshots/<commit>/model.safetensors: pin the config to it
-        hf_hub_download(repo_id, CONFIG_NAME, revision=commit, cache_dir=cache_dir, endpoint=endpoint,
-                        token=token, force_download=force_download)
+        hf_hub_download(
+            repo_id,
+            CONFIG_NAME,
+            revision=commit,
+            cache_dir=cache_dir,
+            endpoint=endpoint,
+            token=token,
+            force_download=force_download,
+        )
     except RepositoryNotFoundError:
-        attempts.append(f"Hub download: {where} has no repository {repo_id} (private and gated repositories "
-                        "need a token: `hf auth login` or token=...)")
+        attempts.append(
+            f"Hub download: {where} has no repository {repo_id} (private and gated repositories "
+            "need a token: `hf auth login` or token=...)"
+        )
         return None
     except RevisionNotFoundError:
         attempts.append(f"Hub download: {repo_id} on {where} has no revision {revision!r}")
@@ -137,8 +163,10 @@ def _download(repo_id: str, revision: str, *, cache_dir: str | None, endpoint: s
         attempts.append(f"Hub download: {where} could not be reached ({error.__cause__ or error})")
         return None
     except RemoteEntryNotFoundError:
-        attempts.append(f"Hub download: {repo_id}@{revision} lacks {WEIGHTS_NAME} or {CONFIG_NAME} (only "
-                        "safetensors model folders are loaded; convert legacy .pth files with `refinenet convert`)")
+        attempts.append(
+            f"Hub download: {repo_id}@{revision} lacks {WEIGHTS_NAME} or {CONFIG_NAME} (only "
+            "safetensors model folders are loaded; convert legacy .pth files with `refinenet convert`)"
+        )
         return None
     except (HfHubHTTPError, OSError) as error:
         attempts.append(f"Hub download: {repo_id}@{revision} from {where} failed: {error}")
@@ -166,16 +194,21 @@ def resolve_pretrained(
     if Path(name).is_dir():
         return ResolvedModel(Path(name), "local folder")
     if Path(name).is_file():
-        raise WeightsError(f"{name} is a file; from_pretrained takes a model folder (config.json + "
-                           "model.safetensors), a zoo id or a Hub repo id. Convert legacy checkpoints with "
-                           "`refinenet convert`")
+        raise WeightsError(
+            f"{name} is a file; from_pretrained takes a model folder (config.json + "
+            "model.safetensors), a zoo id or a Hub repo id. Convert legacy checkpoints with "
+            "`refinenet convert`"
+        )
     entry = zoo.MODELS.get(name)
     if entry is None and not _REPO_ID.match(name):
-        raise ModelNotFoundError(name, [
-            f"local folder: {name} does not exist",
-            f"zoo: no model id {name!r} (known: {', '.join(zoo.MODELS) or 'none'})",
-            "Hub: not a repo id of the form ORG/NAME",
-        ])
+        raise ModelNotFoundError(
+            name,
+            [
+                f"local folder: {name} does not exist",
+                f"zoo: no model id {name!r} (known: {', '.join(zoo.MODELS) or 'none'})",
+                "Hub: not a repo id of the form ORG/NAME",
+            ],
+        )
     if entry is not None and entry.sha256 is None:
         raise WeightsError(
             f"the zoo entry {entry.model_id!r} has no sha256 yet, so its weights cannot be verified; compute it "
@@ -191,29 +224,47 @@ def resolve_pretrained(
     else:
         found = None if force_download else _from_cache(repo_id, rev, cache, expected, attempts)
         if found:
-            return ResolvedModel(found[0], "Hugging Face cache", name if entry else None, repo_id, rev, found[1],
-                                 attempts)
+            return ResolvedModel(
+                found[0], "Hugging Face cache", name if entry else None, repo_id, rev, found[1], attempts
+            )
         if is_offline():
             attempts.append("Hub download: skipped, HF_HUB_OFFLINE is set")
         else:
-            found = _download(repo_id, rev, cache_dir=cache, endpoint=endpoint, token=token,
-                              force_download=force_download, expected=expected, attempts=attempts)
+            found = _download(
+                repo_id,
+                rev,
+                cache_dir=cache,
+                endpoint=endpoint,
+                token=token,
+                force_download=force_download,
+                expected=expected,
+                attempts=attempts,
+            )
             if found:
-                return ResolvedModel(found[0], "Hub download", name if entry else None, repo_id, rev, found[1],
-                                     attempts)
+                return ResolvedModel(
+                    found[0], "Hub download", name if entry else None, repo_id, rev, found[1], attempts
+                )
     if entry is not None and entry.bundled:
         folder = zoo.bundled_folder(entry.model_id, weights_dir)
         if (folder / WEIGHTS_NAME).is_file() and (folder / CONFIG_NAME).is_file():
             actual = sha256_file(folder / WEIGHTS_NAME)
             if actual != expected:
-                raise IntegrityError(f"the bundled copy {folder / WEIGHTS_NAME} has sha256 {actual}, the zoo "
-                                     f"records {expected}; reinstall the package or update the zoo entry")
+                raise IntegrityError(
+                    f"the bundled copy {folder / WEIGHTS_NAME} has sha256 {actual}, the zoo "
+                    f"records {expected}; reinstall the package or update the zoo entry"
+                )
             if repo_id is not None:
-                warnings.warn(f"using the bundled copy of {entry.model_id} because the Hub copy was unavailable: "
-                              + "; ".join(attempts), BundledFallbackWarning, stacklevel=3)
+                warnings.warn(
+                    f"using the bundled copy of {entry.model_id} because the Hub copy was unavailable: "
+                    + "; ".join(attempts),
+                    BundledFallbackWarning,
+                    stacklevel=3,
+                )
             return ResolvedModel(folder, "bundled copy", entry.model_id, repo_id, None, actual, attempts)
-        attempts.append(f"bundled copy: {folder} has no {CONFIG_NAME} and {WEIGHTS_NAME} (the weights are not "
-                        f"installed; set ${zoo.WEIGHTS_DIR_ENV} or reinstall the package)")
+        attempts.append(
+            f"bundled copy: {folder} has no {CONFIG_NAME} and {WEIGHTS_NAME} (the weights are not "
+            f"installed; set ${zoo.WEIGHTS_DIR_ENV} or reinstall the package)"
+        )
     elif entry is not None:
         attempts.append("bundled copy: none ships with the package for this model")
     raise ModelNotFoundError(name, attempts)
@@ -235,8 +286,15 @@ def from_pretrained(
     The returned model carries ``weights_source`` (a :class:`ResolvedModel`) saying where its
     weights came from.
     """
-    resolved = resolve_pretrained(name, revision, cache_dir=cache_dir, endpoint=endpoint, token=token,
-                                  weights_dir=weights_dir, force_download=force_download)
+    resolved = resolve_pretrained(
+        name,
+        revision,
+        cache_dir=cache_dir,
+        endpoint=endpoint,
+        token=token,
+        weights_dir=weights_dir,
+        force_download=force_download,
+    )
     model = load_folder(resolved.folder, device=device)
     model.weights_source = resolved
     return model
@@ -289,24 +347,37 @@ def push_to_hub(
     if isinstance(model_or_folder, nn.Module):
         with tempfile.TemporaryDirectory() as tmp:
             save_pretrained(model_or_folder, tmp, repo_id=repo_id)
-            return push_to_hub(tmp, repo_id, revision=revision, private=private, token=token, endpoint=endpoint,
-                               commit_message=commit_message, dry_run=dry_run)
+            return push_to_hub(
+                tmp,
+                repo_id,
+                revision=revision,
+                private=private,
+                token=token,
+                endpoint=endpoint,
+                commit_message=commit_message,
+                dry_run=dry_run,
+            )
     folder = Path(model_or_folder)
     load_folder(folder)
     if not (folder / CARD_NAME).is_file():
         raise WeightsError(f"{folder} has no {CARD_NAME} model card; write one with save_pretrained")
     files = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    result = PushResult(repo_id, revision or constants.DEFAULT_REVISION, files, sha256_file(folder / WEIGHTS_NAME),
-                        dry_run=dry_run)
+    result = PushResult(
+        repo_id, revision or constants.DEFAULT_REVISION, files, sha256_file(folder / WEIGHTS_NAME), dry_run=dry_run
+    )
     if dry_run:
         return result
     api = HfApi(endpoint=endpoint, token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     if revision and revision != constants.DEFAULT_REVISION:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
-                             commit_message=commit_message or f"Upload {folder.name} with refinenet push",
-                             allow_patterns=files)
+    info = api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        revision=revision,
+        commit_message=commit_message or f"Upload {folder.name} with refinenet push",
+        allow_patterns=files,
+    )
     result.commit, result.url = info.oid, info.commit_url
     return result
 

@@ -37,7 +37,6 @@ class ImageLoadError(ValueError):
     """An input could not be turned into an RGB image; the message says why, in plain words."""
 
 
-
 def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Load ``source`` as an RGB PIL image at its original size, upright.
 
@@ -75,8 +74,7 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     if hasattr(source, "read"):
         return load_image(source.read(), max_pixels)
     raise ImageLoadError(
-        f"cannot load an image from a {type(source).__name__}; "
-        "pass a file path, bytes, a PIL image or a numpy array"
+        f"cannot load an image from a {type(source).__name__}; pass a file path, bytes, a PIL image or a numpy array"
     )
 
 
@@ -211,9 +209,7 @@ def _from_array(array: np.ndarray, max_pixels: int) -> Image.Image:
         array = array[..., 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))):
         hint = " (channels first? use H x W x C)" if len(shape) == 3 and shape[0] in (1, 3, 4) else ""
-        raise ImageLoadError(
-            f"{name} has shape {shape}; expected H x W, H x W x 1, H x W x 3 or H x W x 4{hint}"
-        )
+        raise ImageLoadError(f"{name} has shape {shape}; expected H x W, H x W x 1, H x W x 3 or H x W x 4{hint}")
     _check_size((array.shape[1], array.shape[0]), name, max_pixels)
     array = _array_to_uint8(array, name)
     if array.ndim == 2:

@@ -182,7 +182,7 @@ class Segmenter:
         results: list[SegmentationResult | None] = [None] * len(loaded)
         for indices in groups.values():
             for first in range(0, len(indices), batch_size):
-                chunk = indices[first:first + batch_size]
+                chunk = indices[first : first + batch_size]
                 batch = self._segment([loaded[i] for i in chunk], return_features, ablate_stride, scales, flip)
                 for i, result in zip(chunk, batch, strict=True):
                     result.seconds["preprocess"] += load_seconds
@@ -223,8 +223,11 @@ class Segmenter:
                 for mirrored in (False, True) if flip else (False,):
                     tick = time.perf_counter()
                     want_features = return_features and scale == feature_scale and not mirrored
-                    output = self.model(batch.flip(-1) if mirrored else batch,
-                                        return_features=want_features, ablate_stride=ablate_stride)
+                    output = self.model(
+                        batch.flip(-1) if mirrored else batch,
+                        return_features=want_features,
+                        ablate_stride=ablate_stride,
+                    )
                     self._synchronize()
                     timing["network"] += time.perf_counter() - tick
 
@@ -234,7 +237,9 @@ class Segmenter:
                         features = output
                     for i in range(len(images)):
                         # Per image, so that only one classes x H x W map is alive at a time.
-                        up = F.interpolate(logits[i:i + 1].float(), size=work, mode="bilinear", align_corners=False)[0]
+                        up = F.interpolate(logits[i : i + 1].float(), size=work, mode="bilinear", align_corners=False)[
+                            0
+                        ]
                         # One pass keeps its logits: argmax and top probability come from them directly.
                         scores = up if single_pass else up.softmax(dim=0)
                         if mirrored:
@@ -259,14 +264,16 @@ class Segmenter:
                 confidence = np.asarray(
                     Image.fromarray(confidence, mode="F").resize(rgb.size, Image.Resampling.BILINEAR)
                 )
-            results.append(SegmentationResult(
-                image=rgb,
-                label_map=np.ascontiguousarray(label_map, dtype=np.uint8),
-                confidence=np.ascontiguousarray(confidence, dtype=np.float32),
-                features=_features_to_cpu(features, i) if features is not None else None,
-                input_size=work,
-                seconds=dict(timing),
-            ))
+            results.append(
+                SegmentationResult(
+                    image=rgb,
+                    label_map=np.ascontiguousarray(label_map, dtype=np.uint8),
+                    confidence=np.ascontiguousarray(confidence, dtype=np.float32),
+                    features=_features_to_cpu(features, i) if features is not None else None,
+                    input_size=work,
+                    seconds=dict(timing),
+                )
+            )
         elapsed = time.perf_counter() - tick
         for result in results:
             result.seconds["postprocess"] += elapsed
@@ -307,15 +314,20 @@ def _features_to_cpu(output: SegmentationOutput, index: int) -> SegmentationOutp
     They keep the network's channels-last strides: a copy into the default layout would cost
     as much as the conversion a consumer makes anyway (the demo's float16 cache, for one).
     """
+
     def take(t: torch.Tensor) -> torch.Tensor:
-        return t[index:index + 1].to("cpu").float()
+        return t[index : index + 1].to("cpu").float()
 
     blocks = tuple(
         replace(
             b,
             output=take(b.output),
-            crp=replace(b.crp, input=take(b.crp.input), branches=tuple(take(t) for t in b.crp.branches),
-                        sums=tuple(take(t) for t in b.crp.sums)),
+            crp=replace(
+                b.crp,
+                input=take(b.crp.input),
+                branches=tuple(take(t) for t in b.crp.branches),
+                sums=tuple(take(t) for t in b.crp.sums),
+            ),
         )
         for b in output.blocks
     )

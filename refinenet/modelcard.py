@@ -88,8 +88,10 @@ def render_model_card(
                 lines.append(f"- {key.replace('_', ' ')}: `{provenance[key]}`")
         for note in provenance.get("notes", []):
             lines.append(f"- {note}")
-        lines.append("- every tensor of the source was mapped, every tensor of the model was produced, "
-                     "and the model loads strictly")
+        lines.append(
+            "- every tensor of the source was mapped, every tensor of the model was produced, "
+            "and the model loads strictly"
+        )
         lines.append("")
     for heading, body in (sections or {}).items():
         lines += [f"## {heading}", "", body.strip(), ""]

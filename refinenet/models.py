@@ -126,8 +126,10 @@ class RefineNet(nn.Module):
         if ablate_stride is not None:
             if ablate_stride not in LEVEL_STRIDES.values():
                 raise ValueError(f"ablate_stride must be 4, 8, 16 or 32, not {ablate_stride}")
-            taps = [t.new_zeros(()).expand_as(t) if f.stride == ablate_stride else t
-                    for t, f in zip(taps, self.backbone.feature_info, strict=True)]
+            taps = [
+                t.new_zeros(()).expand_as(t) if f.stride == ablate_stride else t
+                for t, f in zip(taps, self.backbone.feature_info, strict=True)
+            ]
         by_level = {lv: [] for lv in LEVEL_STRIDES}
         stride_level = {s: lv for lv, s in LEVEL_STRIDES.items()}
         for tap, info in zip(taps, self.backbone.feature_info, strict=True):
@@ -150,10 +152,12 @@ class RefineNet(nn.Module):
             block_levels = tuple(tuple(LEVEL_STRIDES[lv] for lv in levels) for levels in self.block_levels)
             backbone = tuple(
                 BackboneLevel(LEVEL_STRIDES[lv], sum(t.shape[1] for t in maps), tuple(maps[0].shape[-2:]))
-                for lv, maps in sorted(by_level.items()) if maps
+                for lv, maps in sorted(by_level.items())
+                if maps
             )
-            return SegmentationOutput(logits, self.block_stride(self.block_names[-1]), tuple(recorded),
-                                      block_levels, backbone)
+            return SegmentationOutput(
+                logits, self.block_stride(self.block_names[-1]), tuple(recorded), block_levels, backbone
+            )
         return logits
 
 
@@ -211,70 +215,129 @@ def _refinenet(
     return build_model(config, backbone_weights)
 
 
-def refinenet_resnet50(num_classes: int = 21, *, widths: Sequence[int] | None = None,
-                       cascade: str | Sequence[Sequence[int]] = "4-cascade", crp_stages: int = 4,
-                       crp_order: str = "pool-conv", backbone_weights: str | None = None,
-                       **metadata) -> RefineNet:
+def refinenet_resnet50(
+    num_classes: int = 21,
+    *,
+    widths: Sequence[int] | None = None,
+    cascade: str | Sequence[Sequence[int]] = "4-cascade",
+    crp_stages: int = 4,
+    crp_order: str = "pool-conv",
+    backbone_weights: str | None = None,
+    **metadata,
+) -> RefineNet:
     """RefineNet on ResNet-50 in the released layout (widths 512/256/256/256 by default)."""
     return _refinenet("resnet50", num_classes, widths, cascade, crp_stages, crp_order, backbone_weights, **metadata)
 
 
-def refinenet_resnet101(num_classes: int = 21, *, widths: Sequence[int] | None = None,
-                        cascade: str | Sequence[Sequence[int]] = "4-cascade", crp_stages: int = 4,
-                        crp_order: str = "pool-conv", backbone_weights: str | None = None,
-                        **metadata) -> RefineNet:
+def refinenet_resnet101(
+    num_classes: int = 21,
+    *,
+    widths: Sequence[int] | None = None,
+    cascade: str | Sequence[Sequence[int]] = "4-cascade",
+    crp_stages: int = 4,
+    crp_order: str = "pool-conv",
+    backbone_weights: str | None = None,
+    **metadata,
+) -> RefineNet:
     """RefineNet on ResNet-101 in the released layout: 118,052,437 parameters for 21 classes."""
     return _refinenet("resnet101", num_classes, widths, cascade, crp_stages, crp_order, backbone_weights, **metadata)
 
 
-def refinenet_resnet152(num_classes: int = 21, *, widths: Sequence[int] | None = None,
-                        cascade: str | Sequence[Sequence[int]] = "4-cascade", crp_stages: int = 4,
-                        crp_order: str = "pool-conv", backbone_weights: str | None = None,
-                        **metadata) -> RefineNet:
+def refinenet_resnet152(
+    num_classes: int = 21,
+    *,
+    widths: Sequence[int] | None = None,
+    cascade: str | Sequence[Sequence[int]] = "4-cascade",
+    crp_stages: int = 4,
+    crp_order: str = "pool-conv",
+    backbone_weights: str | None = None,
+    **metadata,
+) -> RefineNet:
     """RefineNet on ResNet-152 in the released layout."""
     return _refinenet("resnet152", num_classes, widths, cascade, crp_stages, crp_order, backbone_weights, **metadata)
 
 
-def refinenet_mobilenetv2(num_classes: int = 21, *, widths: Sequence[int] | None = None,
-                          cascade: str | Sequence[Sequence[int]] = "4-cascade", crp_stages: int = 4,
-                          crp_order: str = "pool-conv", backbone_weights: str | None = None,
-                          **metadata) -> RefineNet:
+def refinenet_mobilenetv2(
+    num_classes: int = 21,
+    *,
+    widths: Sequence[int] | None = None,
+    cascade: str | Sequence[Sequence[int]] = "4-cascade",
+    crp_stages: int = 4,
+    crp_order: str = "pool-conv",
+    backbone_weights: str | None = None,
+    **metadata,
+) -> RefineNet:
     """RefineNet (RCUs, 3x3 CRP) on torchvision MobileNetV2, taps at 1/4, 1/8, 1/16, 1/32."""
     return _refinenet("mobilenetv2", num_classes, widths, cascade, crp_stages, crp_order, backbone_weights, **metadata)
 
 
-def _lw_refinenet(backbone: str, num_classes: int, widths: Sequence[int] | None, crp_stages: int,
-                  backbone_weights: str | None, **overrides) -> LightWeightRefineNet:
+def _lw_refinenet(
+    backbone: str,
+    num_classes: int,
+    widths: Sequence[int] | None,
+    crp_stages: int,
+    backbone_weights: str | None,
+    **overrides,
+) -> LightWeightRefineNet:
     defaults = dict(
-        architecture="lw-refinenet", backbone=backbone, num_classes=num_classes,
+        architecture="lw-refinenet",
+        backbone=backbone,
+        num_classes=num_classes,
         widths=list(widths) if widths is not None else [512, 256, 256, 256],
-        crp_stages=crp_stages, kernel_size=1, adapt_rcus=0, output_rcus=0,
+        crp_stages=crp_stages,
+        kernel_size=1,
+        adapt_rcus=0,
+        output_rcus=0,
     )
     defaults.update(overrides)
     return build_model(RefineNetConfig(**defaults), backbone_weights)
 
 
-def lw_refinenet_resnet50(num_classes: int = 21, *, widths: Sequence[int] | None = None, crp_stages: int = 4,
-                          backbone_weights: str | None = None, **metadata) -> LightWeightRefineNet:
+def lw_refinenet_resnet50(
+    num_classes: int = 21,
+    *,
+    widths: Sequence[int] | None = None,
+    crp_stages: int = 4,
+    backbone_weights: str | None = None,
+    **metadata,
+) -> LightWeightRefineNet:
     """Light-Weight RefineNet on ResNet-50 (27.36 M parameters for 21 classes)."""
     return _lw_refinenet("resnet50", num_classes, widths, crp_stages, backbone_weights, **metadata)
 
 
-def lw_refinenet_resnet101(num_classes: int = 21, *, widths: Sequence[int] | None = None, crp_stages: int = 4,
-                           backbone_weights: str | None = None, **metadata) -> LightWeightRefineNet:
+def lw_refinenet_resnet101(
+    num_classes: int = 21,
+    *,
+    widths: Sequence[int] | None = None,
+    crp_stages: int = 4,
+    backbone_weights: str | None = None,
+    **metadata,
+) -> LightWeightRefineNet:
     """Light-Weight RefineNet on ResNet-101 (46.35 M parameters for 21 classes)."""
     return _lw_refinenet("resnet101", num_classes, widths, crp_stages, backbone_weights, **metadata)
 
 
-def lw_refinenet_resnet152(num_classes: int = 21, *, widths: Sequence[int] | None = None, crp_stages: int = 4,
-                           backbone_weights: str | None = None, **metadata) -> LightWeightRefineNet:
+def lw_refinenet_resnet152(
+    num_classes: int = 21,
+    *,
+    widths: Sequence[int] | None = None,
+    crp_stages: int = 4,
+    backbone_weights: str | None = None,
+    **metadata,
+) -> LightWeightRefineNet:
     """Light-Weight RefineNet on ResNet-152 (61.99 M parameters for 21 classes)."""
     return _lw_refinenet("resnet152", num_classes, widths, crp_stages, backbone_weights, **metadata)
 
 
-def lw_refinenet_mobilenetv2(num_classes: int = 21, *, widths: Sequence[int] | None = None, crp_stages: int = 4,
-                             backbone_weights: str | None = None, authors_layout: bool = False,
-                             **metadata) -> LightWeightRefineNet:
+def lw_refinenet_mobilenetv2(
+    num_classes: int = 21,
+    *,
+    widths: Sequence[int] | None = None,
+    crp_stages: int = 4,
+    backbone_weights: str | None = None,
+    authors_layout: bool = False,
+    **metadata,
+) -> LightWeightRefineNet:
     """Light-Weight RefineNet on MobileNetV2.
 
     ``authors_layout=True`` builds the authors' own model (3.28 M parameters for 21 classes):
@@ -283,8 +346,16 @@ def lw_refinenet_mobilenetv2(num_classes: int = 21, *, widths: Sequence[int] | N
     backbone is torchvision's MobileNetV2 and the decoder is the ResNet Light-Weight layout.
     """
     if authors_layout:
-        return _lw_refinenet("mobilenetv2-lw-authors", num_classes, widths or [256] * 4, crp_stages,
-                             backbone_weights, activation="relu6", fuse_backbone_conv=False, **metadata)
+        return _lw_refinenet(
+            "mobilenetv2-lw-authors",
+            num_classes,
+            widths or [256] * 4,
+            crp_stages,
+            backbone_weights,
+            activation="relu6",
+            fuse_backbone_conv=False,
+            **metadata,
+        )
     return _lw_refinenet("mobilenetv2", num_classes, widths or [256] * 4, crp_stages, backbone_weights, **metadata)
 
 
@@ -343,4 +414,3 @@ __all__ = [
     "refinenet_resnet101",
     "refinenet_resnet152",
 ]
-

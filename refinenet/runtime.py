@@ -80,8 +80,15 @@ class SeparableMaxPool2d(nn.Module):
         if not isinstance(module, nn.MaxPool2d):
             return False
         k, s, p, d = (_pair(v) for v in (module.kernel_size, module.stride, module.padding, module.dilation))
-        return (k[0] == k[1] and k[0] % 2 == 1 and s == (1, 1) and p == (k[0] // 2, k[0] // 2) and d == (1, 1)
-                and not module.ceil_mode and not module.return_indices)
+        return (
+            k[0] == k[1]
+            and k[0] % 2 == 1
+            and s == (1, 1)
+            and p == (k[0] // 2, k[0] // 2)
+            and d == (1, 1)
+            and not module.ceil_mode
+            and not module.return_indices
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         k = self.kernel_size
@@ -90,12 +97,12 @@ class SeparableMaxPool2d(nn.Module):
         pad = k // 2
         height, width = x.shape[-2:]
         padded = F.pad(x, (pad, pad, pad, pad), value=float("-inf"))
-        rows = torch.maximum(padded[..., 0:width], padded[..., 1:width + 1])
+        rows = torch.maximum(padded[..., 0:width], padded[..., 1 : width + 1])
         for shift in range(2, k):
-            torch.maximum(rows, padded[..., shift:width + shift], out=rows)
-        out = torch.maximum(rows[..., 0:height, :], rows[..., 1:height + 1, :])
+            torch.maximum(rows, padded[..., shift : width + shift], out=rows)
+        out = torch.maximum(rows[..., 0:height, :], rows[..., 1 : height + 1, :])
         for shift in range(2, k):
-            torch.maximum(out, rows[..., shift:height + shift, :], out=out)
+            torch.maximum(out, rows[..., shift : height + shift, :], out=out)
         return out
 
 
@@ -166,11 +173,19 @@ def _conv_bn_pairs(module: nn.Module, prefix: str) -> list[tuple[str, str]]:
             continue
         bn = submodules[node.target]
         source = node.args[0] if node.args else None
-        if (not isinstance(source, torch.fx.Node) or source.op != "call_module"
-                or not isinstance(submodules[source.target], nn.Conv2d)):
+        if (
+            not isinstance(source, torch.fx.Node)
+            or source.op != "call_module"
+            or not isinstance(submodules[source.target], nn.Conv2d)
+        ):
             continue
-        if (len(source.users) != 1 or calls[source.target] != 1 or calls[node.target] != 1
-                or not bn.track_running_stats or bn.running_mean is None):
+        if (
+            len(source.users) != 1
+            or calls[source.target] != 1
+            or calls[node.target] != 1
+            or not bn.track_running_stats
+            or bn.running_mean is None
+        ):
             continue
         pairs.append((prefix + source.target, prefix + node.target))
     return pairs
@@ -348,10 +363,17 @@ def fast_path(
         options = {"freezing": True} if device.type == "cpu" and mode is None else None
         compiled = torch.compile(net, mode=mode, options=options)
     settings = FastPathSettings(
-        device=str(device), channels_last=channels_last, fold_bn=fold_bn, separable_pool=separable_pool,
-        dtype=dtype, compile=bool(compile), cuda_graphs=bool(cuda_graphs and device.type == "cuda"),
-        cudnn_benchmark=cudnn, low_precision_backbone=low_precision_backbone and dtype != "fp32",
-        folded_batch_norms=len(folded), replaced_pools=replaced,
+        device=str(device),
+        channels_last=channels_last,
+        fold_bn=fold_bn,
+        separable_pool=separable_pool,
+        dtype=dtype,
+        compile=bool(compile),
+        cuda_graphs=bool(cuda_graphs and device.type == "cuda"),
+        cudnn_benchmark=cudnn,
+        low_precision_backbone=low_precision_backbone and dtype != "fp32",
+        folded_batch_norms=len(folded),
+        replaced_pools=replaced,
     )
     return FastModel(net, settings, compiled).eval()
 

@@ -70,8 +70,9 @@ class SegmenterCache:
     sessions asking for the same model load it once.
     """
 
-    def __init__(self, loader: Callable[[str], torch.nn.Module] | None = None, device: str | None = None,
-                 capacity: int = 3) -> None:
+    def __init__(
+        self, loader: Callable[[str], torch.nn.Module] | None = None, device: str | None = None, capacity: int = 3
+    ) -> None:
         if loader is None:
             from .hub import from_pretrained as loader
         self.loader = loader

@@ -185,8 +185,10 @@ def load_encoder(model: RefineNet, weights: str | None) -> None:
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong:
-        raise ValueError(f"{path} does not fit the {model.config.backbone} backbone: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
+        raise ValueError(
+            f"{path} does not fit the {model.config.backbone} backbone: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}"
+        )
     model.backbone.load_state_dict(state)
 
 
@@ -220,8 +222,9 @@ class Distiller:
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
 
     @torch.no_grad()
-    def targets(self, x: torch.Tensor, allowed: torch.Tensor,
-                size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def targets(
+        self, x: torch.Tensor, allowed: torch.Tensor, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher probabilities on the normalised crops ``x``, restricted to ``allowed`` and
         renormalised, averaged down to ``size`` (the student's 1/4 output), with the mask of the
         output pixels that lie on the photo rather than on padding."""
@@ -244,8 +247,10 @@ def parameter_groups(model: RefineNet, lr_backbone: float, lr_decoder: float) ->
     backbone = list(model.backbone.parameters())
     ids = {id(p) for p in backbone}
     decoder = [p for p in model.parameters() if id(p) not in ids]
-    return [{"params": backbone, "lr": lr_backbone, "base_lr": lr_backbone},
-            {"params": decoder, "lr": lr_decoder, "base_lr": lr_decoder}]
+    return [
+        {"params": backbone, "lr": lr_backbone, "base_lr": lr_backbone},
+        {"params": decoder, "lr": lr_decoder, "base_lr": lr_decoder},
+    ]
 
 
 def build_optimizer(cfg: TrainConfig, model: RefineNet) -> torch.optim.Optimizer:
@@ -283,10 +288,17 @@ def autocast_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
     return None
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               ignore_index: int, grad_clip: float | None = None, scaler: torch.amp.GradScaler | None = None,
-               autocast_dtype: torch.dtype | None = None,
-               distill: tuple[Distiller, torch.Tensor, torch.Tensor] | None = None) -> float:
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ignore_index: int,
+    grad_clip: float | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    distill: tuple[Distiller, torch.Tensor, torch.Tensor] | None = None,
+) -> float:
     """One optimisation step; the loss is computed on logits upsampled to the label size.
 
     ``distill`` is ``(distiller, teacher targets, on-photo mask)`` for the batch, both at the
@@ -332,8 +344,9 @@ def block_health(model: RefineNet, x: torch.Tensor) -> dict[str, float]:
     return {b.name: round(b.crp.positive_share(), 4) for b in output.blocks}
 
 
-def capture_state(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int,
-                  history: list[dict]) -> dict:
+def capture_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int, history: list[dict]
+) -> dict:
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -381,16 +394,22 @@ def export_model_folder(model: RefineNet, folder: Path, max_fp32_bytes: int = 20
 
 def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     top, left = max(0, (x.shape[-2] - size) // 2), max(0, (x.shape[-1] - size) // 2)
-    return x[..., top:top + size, left:left + size]
+    return x[..., top : top + size, left : left + size]
 
 
-def build_datasets(cfg: TrainConfig, model_config: RefineNetConfig,
-                   eval_transform: bool = False) -> tuple[Dataset, Dataset | None]:
+def build_datasets(
+    cfg: TrainConfig, model_config: RefineNetConfig, eval_transform: bool = False
+) -> tuple[Dataset, Dataset | None]:
     """The training set (augmented, or plain with ``eval_transform``) and the optional validation set."""
     data = cfg.data
     ignore = data.get("ignore_index", 255)
-    train_tf = EvalTransform(model_config.mean, model_config.std) if eval_transform else TrainTransform(
-        cfg.crop_size, cfg.scale_range, True, cfg.photometric, model_config.mean, model_config.std, ignore)
+    train_tf = (
+        EvalTransform(model_config.mean, model_config.std)
+        if eval_transform
+        else TrainTransform(
+            cfg.crop_size, cfg.scale_range, True, cfg.photometric, model_config.mean, model_config.std, ignore
+        )
+    )
     if eval_transform:
         return build_dataset(data.get("kind", "camvid"), data.get("root"), data["train_split"], train_tf), None
     kind, root = data.get("kind", "camvid"), data.get("root")
@@ -399,8 +418,9 @@ def build_datasets(cfg: TrainConfig, model_config: RefineNetConfig,
     if data.get("val_split"):
         # Validation reports found/outside too where the split has human boxes.
         boxed = kind != "camvid" and has_boxes(root or _default_root(kind), data["val_split"])
-        val = build_dataset(kind, root, data["val_split"], EvalTransform(model_config.mean, model_config.std),
-                            with_boxes=boxed)
+        val = build_dataset(
+            kind, root, data["val_split"], EvalTransform(model_config.mean, model_config.std), with_boxes=boxed
+        )
     return train, val
 
 
@@ -418,8 +438,9 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
     """
     rank, world = _distributed()
     seed_everything(cfg.seed + rank)
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else \
-        torch.device("cpu")
+    device = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    )
     model_config = cfg.model_config()
     torchvision_weights = None if (cfg.backbone_weights or "").endswith(".safetensors") else cfg.backbone_weights
     model = build_model(model_config, torchvision_weights)
@@ -443,8 +464,9 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     distiller = None
     if cfg.distill:
-        distiller = Distiller(cfg.distill["teacher"], cfg.distill.get("weight", 1.0), model_config.mean,
-                              model_config.std, device)
+        distiller = Distiller(
+            cfg.distill["teacher"], cfg.distill.get("weight", 1.0), model_config.mean, model_config.std, device
+        )
     autocast_dtype = autocast_dtype_for(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
     # drop_last: every process sees ceil(len/world) samples, in full batches only.
@@ -460,21 +482,31 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
         # Every random draw of an epoch is seeded by (seed, epoch), so a resumed run repeats it exactly.
         epoch_seed = cfg.seed * 1000 + epoch
         generator = torch.Generator().manual_seed(epoch_seed)
-        sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed) if world > 1 else \
-            RandomSampler(train_set, generator=generator)
+        sampler = (
+            DistributedSampler(train_set, shuffle=True, seed=cfg.seed)
+            if world > 1
+            else RandomSampler(train_set, generator=generator)
+        )
         if world > 1:
             sampler.set_epoch(epoch)
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                            drop_last=True, pin_memory=device.type == "cuda",
-                            collate_fn=collate_with_boxes if distiller is not None else None)
+        loader = DataLoader(
+            train_set,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            num_workers=cfg.num_workers,
+            drop_last=True,
+            pin_memory=device.type == "cuda",
+            collate_fn=collate_with_boxes if distiller is not None else None,
+        )
         mix_generator = torch.Generator().manual_seed(epoch_seed * 1000 + rank + 1)
         start = time.time()
         losses = []
         net.train()
         if cfg.backbone_bn == "frozen":
             freeze_batch_norm_statistics(model.backbone)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, dynamic_ncols=True
+        )
         for batch in bar:
             x, y = batch[0], batch[1]
             if distiller is None:
@@ -500,13 +532,28 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
         if len(losses) < len(loader):
             break  # an epoch is the unit of resumption: no checkpoint for a partial one
         epoch += 1
-        record = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else None,
-                  "seconds": round(time.time() - start, 1),
-                  "precision": str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "fp32"}
-        if rank == 0 and val_set is not None and cfg.eval_every and (epoch % cfg.eval_every == 0 or
-                                                                      epoch == cfg.epochs):
-            result = evaluate_model(model, val_set, model_config.num_classes, ignore_index,
-                                    model_config.class_names, device=device, progress=progress)
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "loss": float(np.mean(losses)) if losses else None,
+            "seconds": round(time.time() - start, 1),
+            "precision": str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "fp32",
+        }
+        if (
+            rank == 0
+            and val_set is not None
+            and cfg.eval_every
+            and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs)
+        ):
+            result = evaluate_model(
+                model,
+                val_set,
+                model_config.num_classes,
+                ignore_index,
+                model_config.class_names,
+                device=device,
+                progress=progress,
+            )
             record["val_mIoU"] = round(result["mIoU"], 2)
             for key in ("found", "found_small", "outside"):
                 if key in result:
@@ -517,8 +564,11 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
             record["crp_input_positive"] = block_health(model, probe)
             dead = [name for name, share in record["crp_input_positive"].items() if share == 0.0]
             if dead:
-                print(f"warning: {', '.join(dead)} silenced (no positive CRP input on the probe batch); "
-                      "the blocks above it no longer learn", flush=True)
+                print(
+                    f"warning: {', '.join(dead)} silenced (no positive CRP input on the probe batch); "
+                    "the blocks above it no longer learn",
+                    flush=True,
+                )
         history.append(record)
         if rank == 0:
             print(json.dumps(record), flush=True)

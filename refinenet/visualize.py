@@ -66,8 +66,9 @@ def class_mask_image(mask: np.ndarray, colour: Sequence[int]) -> Image.Image:
     return image
 
 
-def overlay(image: Image.Image | np.ndarray, label_map: np.ndarray, palette: np.ndarray,
-            alpha: float = 0.5) -> np.ndarray:
+def overlay(
+    image: Image.Image | np.ndarray, label_map: np.ndarray, palette: np.ndarray, alpha: float = 0.5
+) -> np.ndarray:
     """Blend the coloured label map over the RGB image; ``alpha`` is the label opacity (0..1)."""
     rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
     colours = colorize(label_map, palette).astype(np.float32)
@@ -90,14 +91,42 @@ def overlay(image: Image.Image | np.ndarray, label_map: np.ndarray, palette: np.
 
 _COLORMAP_ANCHORS: dict[str, tuple[tuple[int, int, int], ...]] = {
     "viridis": (
-        (68, 1, 84), (72, 24, 106), (71, 45, 123), (66, 64, 134), (59, 82, 139), (51, 99, 141),
-        (44, 114, 142), (38, 130, 142), (33, 145, 140), (31, 160, 136), (40, 174, 128), (63, 188, 115),
-        (94, 201, 98), (132, 212, 75), (173, 220, 48), (216, 226, 25), (253, 231, 37),
+        (68, 1, 84),
+        (72, 24, 106),
+        (71, 45, 123),
+        (66, 64, 134),
+        (59, 82, 139),
+        (51, 99, 141),
+        (44, 114, 142),
+        (38, 130, 142),
+        (33, 145, 140),
+        (31, 160, 136),
+        (40, 174, 128),
+        (63, 188, 115),
+        (94, 201, 98),
+        (132, 212, 75),
+        (173, 220, 48),
+        (216, 226, 25),
+        (253, 231, 37),
     ),
     "magma": (
-        (0, 0, 4), (10, 8, 34), (29, 17, 71), (54, 16, 107), (81, 18, 124), (106, 28, 129),
-        (131, 38, 129), (156, 46, 127), (183, 55, 121), (208, 65, 111), (231, 82, 99), (245, 107, 92),
-        (252, 137, 97), (254, 167, 114), (254, 196, 136), (253, 226, 163), (252, 253, 191),
+        (0, 0, 4),
+        (10, 8, 34),
+        (29, 17, 71),
+        (54, 16, 107),
+        (81, 18, 124),
+        (106, 28, 129),
+        (131, 38, 129),
+        (156, 46, 127),
+        (183, 55, 121),
+        (208, 65, 111),
+        (231, 82, 99),
+        (245, 107, 92),
+        (252, 137, 97),
+        (254, 167, 114),
+        (254, 196, 136),
+        (253, 226, 163),
+        (252, 253, 191),
     ),
     "gray": ((0, 0, 0), (255, 255, 255)),
 }
@@ -208,8 +237,9 @@ def top_channels(fmap: np.ndarray, k: int) -> np.ndarray:
     return order[: min(k, len(order))]
 
 
-def pca_basis(fmaps: Sequence[np.ndarray], components: int = 3, max_samples: int = 2048,
-              seed: int = 0, power_iterations: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def pca_basis(
+    fmaps: Sequence[np.ndarray], components: int = 3, max_samples: int = 2048, seed: int = 0, power_iterations: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean (``C``) and the top principal directions (``components x C``) of the pixel vectors.
 
     Every pixel of every map is one ``C``-dimensional sample (a random subset of ``max_samples``
@@ -341,9 +371,15 @@ class ReducedMap:
     caption: str
 
 
-def reduce_feature_maps(fmaps: Sequence[np.ndarray], captions: Sequence[str], reduction: str = "pca",
-                        scaling: str = "per-map", colormap: str = "viridis", k: int = 4,
-                        shared_basis: bool | None = None) -> list[ReducedMap]:
+def reduce_feature_maps(
+    fmaps: Sequence[np.ndarray],
+    captions: Sequence[str],
+    reduction: str = "pca",
+    scaling: str = "per-map",
+    colormap: str = "viridis",
+    k: int = 4,
+    shared_basis: bool | None = None,
+) -> list[ReducedMap]:
     """Turn ``C x H x W`` maps into RGB pictures (``H x W x 3`` uint8) with a reduction and scaling.
 
     ``"pca"`` projects the channels on the top three principal directions and shows them as red,
@@ -370,8 +406,10 @@ def reduce_feature_maps(fmaps: Sequence[np.ndarray], captions: Sequence[str], re
         else:
             projections = [pca_project(f, *pca_basis([f])) for f in fmaps]
         scaled = scale_maps(projections, scaling)
-        return [ReducedMap(np.clip(np.rint(s * 255), 0, 255).astype(np.uint8), c)
-                for s, c in zip(scaled, captions, strict=True)]
+        return [
+            ReducedMap(np.clip(np.rint(s * 255), 0, 255).astype(np.uint8), c)
+            for s, c in zip(scaled, captions, strict=True)
+        ]
     if reduction in ("l2", "mean"):
         reduce = channel_l2 if reduction == "l2" else channel_mean
         scaled = scale_maps([reduce(f) for f in fmaps], scaling)
@@ -383,8 +421,9 @@ def reduce_feature_maps(fmaps: Sequence[np.ndarray], captions: Sequence[str], re
     out = []
     for idx, caption in zip(channels, captions, strict=True):
         for rank, channel in enumerate(idx, start=1):
-            out.append(ReducedMap(apply_colormap(next(scaled), colormap),
-                                  f"{caption} · channel {int(channel)} (#{rank})"))
+            out.append(
+                ReducedMap(apply_colormap(next(scaled), colormap), f"{caption} · channel {int(channel)} (#{rank})")
+            )
     return out
 
 
@@ -410,8 +449,9 @@ def change_mask(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return before != after
 
 
-def render_change_map(image: Image.Image | np.ndarray, before: np.ndarray, after: np.ndarray,
-                      palette: np.ndarray) -> np.ndarray:
+def render_change_map(
+    image: Image.Image | np.ndarray, before: np.ndarray, after: np.ndarray, palette: np.ndarray
+) -> np.ndarray:
     """The image in dimmed grey, with every pixel whose class changed painted in its *new*
     class colour: unchanged regions recede, the effect of the ablation stands out."""
     rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
@@ -457,32 +497,46 @@ class DiagramBlock:
     kernel_size: int = 3
 
 
-def _svg_text(x: float, y: float, text: str, size: int = 12, weight: str = "normal", anchor: str = "middle",
-              fill: str = "#1f2933") -> str:
-    return (f'<text x="{x:.0f}" y="{y:.0f}" font-size="{size}" font-weight="{weight}" text-anchor="{anchor}" '
-            f'fill="{fill}" font-family="sans-serif">{escape(text)}</text>')
+def _svg_text(
+    x: float, y: float, text: str, size: int = 12, weight: str = "normal", anchor: str = "middle", fill: str = "#1f2933"
+) -> str:
+    return (
+        f'<text x="{x:.0f}" y="{y:.0f}" font-size="{size}" font-weight="{weight}" text-anchor="{anchor}" '
+        f'fill="{fill}" font-family="sans-serif">{escape(text)}</text>'
+    )
 
 
 def _svg_arrow(x1: float, y1: float, x2: float, y2: float, colour: str = "#52606d", dashed: bool = False) -> str:
     dash = ' stroke-dasharray="6 4"' if dashed else ""
-    return (f'<line x1="{x1:.0f}" y1="{y1:.0f}" x2="{x2:.0f}" y2="{y2:.0f}" stroke="{colour}" stroke-width="2"'
-            f'{dash} marker-end="url(#arrow)"/>')
+    return (
+        f'<line x1="{x1:.0f}" y1="{y1:.0f}" x2="{x2:.0f}" y2="{y2:.0f}" stroke="{colour}" stroke-width="2"'
+        f'{dash} marker-end="url(#arrow)"/>'
+    )
 
 
 def _svg_box(x: float, y: float, w: float, h: float, fill: str, stroke: str, dashed: bool = False) -> str:
     dash = ' stroke-dasharray="6 4"' if dashed else ""
-    return (f'<rect x="{x:.0f}" y="{y:.0f}" width="{w:.0f}" height="{h:.0f}" rx="8" fill="{fill}" '
-            f'stroke="{stroke}" stroke-width="1.5"{dash}/>')
+    return (
+        f'<rect x="{x:.0f}" y="{y:.0f}" width="{w:.0f}" height="{h:.0f}" rx="8" fill="{fill}" '
+        f'stroke="{stroke}" stroke-width="1.5"{dash}/>'
+    )
 
 
 def _shape(c: int, h: int, w: int) -> str:
     return f"{c}×{h}×{w}"
 
 
-def architecture_svg(input_size: tuple[int, int], backbone: str, levels: Sequence[DiagramLevel],
-                     blocks: Sequence[DiagramBlock], num_classes: int, logits_size: tuple[int, int],
-                     output_size: tuple[int, int] | None = None, ablated_stride: int | None = None,
-                     title: str = "") -> str:
+def architecture_svg(
+    input_size: tuple[int, int],
+    backbone: str,
+    levels: Sequence[DiagramLevel],
+    blocks: Sequence[DiagramBlock],
+    num_classes: int,
+    logits_size: tuple[int, int],
+    output_size: tuple[int, int] | None = None,
+    ablated_stride: int | None = None,
+    title: str = "",
+) -> str:
     """An SVG of the multi-path refinement cascade, laid out like the paper's Fig. 2.
 
     Top row: the input and the backbone levels from 1/4 to 1/32 (left to right, deeper).
@@ -525,8 +579,7 @@ def architecture_svg(input_size: tuple[int, int], backbone: str, levels: Sequenc
         parts.append(_svg_text(x, top_y + 42, _shape(level.channels, *level.size)))
         previous_x = x + box_w / 2
         if off:
-            parts.append(_svg_text(x, top_y + top_h + 16, "path switched off", size=11, weight="bold",
-                                   fill="#c62828"))
+            parts.append(_svg_text(x, top_y + top_h + 16, "path switched off", size=11, weight="bold", fill="#c62828"))
     # Bottom row: RefineNet blocks, each under the levels it fuses.
     block_boxes = []
     for block in blocks:
@@ -543,16 +596,31 @@ def architecture_svg(input_size: tuple[int, int], backbone: str, levels: Sequenc
         second = [f"CRP×{block.crp_stages}"] + ([f"RCU×{block.output_rcus}"] if block.output_rcus else [])
         parts.append(_svg_text(centre, bottom_y + 40, " → ".join(first) + " →", size=11))
         parts.append(_svg_text(centre, bottom_y + 56, " → ".join(second), size=11))
-        parts.append(_svg_text(centre, bottom_y + 76, f"{block.kernel_size}×{block.kernel_size} convs · "
-                                                      f"stride {block.stride}", size=11, fill="#52606d"))
+        parts.append(
+            _svg_text(
+                centre,
+                bottom_y + 76,
+                f"{block.kernel_size}×{block.kernel_size} convs · stride {block.stride}",
+                size=11,
+                fill="#52606d",
+            )
+        )
         parts.append(_svg_text(centre, bottom_y + 98, "out " + _shape(*block.shape), size=12, weight="bold"))
         for stride in block.levels:
             if stride not in column:
                 continue
             x = cx(column[stride])
             off = stride == ablated_stride
-            parts.append(_svg_arrow(x, top_y + top_h + (22 if off else 0), x, bottom_y,
-                                    colour="#c62828" if off else "#52606d", dashed=off))
+            parts.append(
+                _svg_arrow(
+                    x,
+                    top_y + top_h + (22 if off else 0),
+                    x,
+                    bottom_y,
+                    colour="#c62828" if off else "#52606d",
+                    dashed=off,
+                )
+            )
     # Coarse path: each block's output feeds the next (finer) block, right to left.
     for (x_prev, _), (x_next, w_next) in zip(block_boxes, block_boxes[1:], strict=False):
         parts.append(_svg_arrow(x_prev, bottom_y + bottom_h / 2, x_next + w_next, bottom_y + bottom_h / 2))
@@ -566,8 +634,16 @@ def architecture_svg(input_size: tuple[int, int], backbone: str, levels: Sequenc
     parts.append(_svg_arrow(last_x, bottom_y + bottom_h / 2, cx(0) + box_w / 2, bottom_y + bottom_h / 2))
     out_h, out_w = output_size if output_size is not None else input_size
     parts.append(_svg_text(cx(0), bottom_y + bottom_h + 22, f"prediction {out_h}×{out_w}", size=12))
-    parts.append(_svg_text(margin + col_w, bottom_y + bottom_h + 50,
-                           "Top: the backbone shrinks the image (1/4 … 1/32). Bottom: RefineNet blocks refine "
-                           "from the deepest (right) to the finest (left).", size=11, anchor="start", fill="#52606d"))
+    parts.append(
+        _svg_text(
+            margin + col_w,
+            bottom_y + bottom_h + 50,
+            "Top: the backbone shrinks the image (1/4 … 1/32). Bottom: RefineNet blocks refine "
+            "from the deepest (right) to the finest (left).",
+            size=11,
+            anchor="start",
+            fill="#52606d",
+        )
+    )
     parts.append("</svg>")
     return "\n".join(parts)

@@ -61,13 +61,21 @@ def picture_grid(pictures: list[tuple[np.ndarray, str]], columns: int, photos: f
     cells = []
     for index, (picture, caption) in enumerate(pictures):
         photo = index in photos
-        uri = (data_uri(Image.fromarray(picture), "JPEG", quality=88, subsampling=0) if photo
-               else data_uri(Image.fromarray(picture), "PNG", compress_level=1))
+        uri = (
+            data_uri(Image.fromarray(picture), "JPEG", quality=88, subsampling=0)
+            if photo
+            else data_uri(Image.fromarray(picture), "PNG", compress_level=1)
+        )
         text = escape(caption)
-        cells.append(f'<figure><img class="{"photo" if photo else "map"}" alt="{text}" src="{uri}">'
-                     f"<figcaption>{text}</figcaption></figure>")
-    return (f'<div class="picture-grid" style="grid-template-columns:repeat({max(1, columns)},minmax(0,1fr))">'
-            + "".join(cells) + "</div>")
+        cells.append(
+            f'<figure><img class="{"photo" if photo else "map"}" alt="{text}" src="{uri}">'
+            f"<figcaption>{text}</figcaption></figure>"
+        )
+    return (
+        f'<div class="picture-grid" style="grid-template-columns:repeat({max(1, columns)},minmax(0,1fr))">'
+        + "".join(cells)
+        + "</div>"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,8 +108,13 @@ element.addEventListener('mouseleave', () => show(null));
 """
 
 
-def legend(photo: np.ndarray, masks: list[tuple[np.ndarray, int]], class_names: Sequence[str],
-           palette: np.ndarray, shares: np.ndarray) -> str:
+def legend(
+    photo: np.ndarray,
+    masks: list[tuple[np.ndarray, int]],
+    class_names: Sequence[str],
+    palette: np.ndarray,
+    shares: np.ndarray,
+) -> str:
     """HTML: ``photo`` with one hidden mask per ``(mask, class index)``, over a table of every
     class in ``class_names`` (largest share first) with its colour and a bar for its share.
 
@@ -113,8 +126,10 @@ def legend(photo: np.ndarray, masks: list[tuple[np.ndarray, int]], class_names: 
     layers = [f'<img class="photo" alt="your photo" src="{data_uri(Image.fromarray(photo), "JPEG", quality=88)}">']
     for mask, c in masks:
         picture = class_mask_image(mask, palette[c])
-        layers.append(f'<img class="mask" data-class="{c}" alt="pixels labelled {escape(class_names[c])}" '
-                      f'src="{data_uri(picture, "PNG", compress_level=1)}">')
+        layers.append(
+            f'<img class="mask" data-class="{c}" alt="pixels labelled {escape(class_names[c])}" '
+            f'src="{data_uri(picture, "PNG", compress_level=1)}">'
+        )
     rows = []
     for i in sorted(range(len(class_names)), key=lambda i: (-shares[i], i)):
         name = class_names[i]
@@ -132,12 +147,14 @@ def legend(photo: np.ndarray, masks: list[tuple[np.ndarray, int]], class_names: 
             f'<td style="padding:2px 6px;text-align:right;font-variant-numeric:tabular-nums">{100 * share:.1f}%</td>'
             "</tr>"
         )
-    return ('<div class="refinenet-legend">'
-            f'<div class="class-stack" style="position:relative">{"".join(layers)}</div>'
-            '<table style="width:100%;border-collapse:collapse;font-size:13px">'
-            '<thead><tr><th style="text-align:left;padding:2px 6px">class</th>'
-            '<th style="text-align:left;padding:2px 6px">share of pixels</th><th></th></tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table></div>")
+    return (
+        '<div class="refinenet-legend">'
+        f'<div class="class-stack" style="position:relative">{"".join(layers)}</div>'
+        '<table style="width:100%;border-collapse:collapse;font-size:13px">'
+        '<thead><tr><th style="text-align:left;padding:2px 6px">class</th>'
+        '<th style="text-align:left;padding:2px 6px">share of pixels</th><th></th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
 __all__ = [

@@ -61,15 +61,18 @@ MODELS: dict[str, ZooEntry] = {
         ZooEntry(
             model_id="voc-refinenet-mobilenetv2",
             title="RefineNet (4-cascade, RCUs, chained residual pooling) on MobileNetV2, trained on "
-                  "teacher-labelled PASCAL VOC 2007 photos",
+            "teacher-labelled PASCAL VOC 2007 photos",
             architecture="refinenet",
             backbone="mobilenetv2",
             dataset="PASCAL VOC 2007, teacher-labelled (21 classes)",
             classes=VOC_CLASSES,
             # Measured by scripts/release_model.py (refinenet eval on the 300 val/ photos): agreement
             # with the teacher's labels, not accuracy against human annotations (see the card).
-            metrics={"val_teacher_mean_iou": 66.07, "val_teacher_pixel_accuracy": 92.40,
-                     "val_teacher_mean_iou_multiscale_flip": 67.26},
+            metrics={
+                "val_teacher_mean_iou": 66.07,
+                "val_teacher_pixel_accuracy": 92.40,
+                "val_teacher_mean_iou_multiscale_flip": 67.26,
+            },
             sha256="0933e66b346b80f34c855fb942ae9eb2a335a70b97ad0f1015570e185f5a228a",
             bundled=True,
             license="other",

@@ -57,11 +57,19 @@ def main() -> int:
         boxes.add(prediction, image_boxes)
     result = metrics_from_confusion(confusion, VOC_CLASSES)
     result.update(boxes.metrics(VOC_CLASSES))
-    result.update({"model": "teacher: DeepLabV3-MobileNetV2 (TensorFlow DeepLab, COCO + VOC 2012)",
-                   "long_side": args.long_side, "split": args.split, "images": len(dataset),
-                   "confusion_matrix": confusion.tolist()})
-    print(f"mIoU {result['mIoU']:.2f}  found {result['found']:.1f}% (small {result['found_small']:.1f}%)  "
-          f"outside {result['outside']:.1f}%")
+    result.update(
+        {
+            "model": "teacher: DeepLabV3-MobileNetV2 (TensorFlow DeepLab, COCO + VOC 2012)",
+            "long_side": args.long_side,
+            "split": args.split,
+            "images": len(dataset),
+            "confusion_matrix": confusion.tolist(),
+        }
+    )
+    print(
+        f"mIoU {result['mIoU']:.2f}  found {result['found']:.1f}% (small {result['found_small']:.1f}%)  "
+        f"outside {result['outside']:.1f}%"
+    )
     if args.out:
         write_results(result, args.out)
     return 0

@@ -26,8 +26,12 @@ DEFAULT_OUT = Path("runs/encoders/deeplabv3-mobilenetv2-coco-voc.safetensors")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", type=Path, default=ROOT.parent / "shared" / "tools" / "teacher",
-                        help="folder holding teacher.py (default: ../shared/tools/teacher)")
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        default=ROOT.parent / "shared" / "tools" / "teacher",
+        help="folder holding teacher.py (default: ../shared/tools/teacher)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     spec = importlib.util.spec_from_file_location("teacher", args.teacher / "teacher.py")

@@ -63,23 +63,30 @@ VOC_LICENSE_TEXT = (
 # What differs between the datasets a model is released for; everything else is shared.
 DATASETS = {
     "camvid": {
-        "data": CAMVID_ROOT, "split": "test", "metric": "test", "license": "camvid-research-use",
-        "license_text": LICENSE_TEXT, "train_note": "the train split is CamVid train+val",
+        "data": CAMVID_ROOT,
+        "split": "test",
+        "metric": "test",
+        "license": "camvid-research-use",
+        "license_text": LICENSE_TEXT,
+        "train_note": "the train split is CamVid train+val",
         "results_title": "Results on the CamVid test set",
         "results_text": "11 classes, void (label 11) ignored, the 233 original 480x360 test frames (lossless), "
-                        "full frames, no cropping.",
+        "full frames, no cropping.",
         "data_text": CAMVID_CITATION + " No CamVid frame or label is distributed with these weights.",
         "trainonly": "trained on train only (367 frames)",
     },
     "voc": {
-        "data": VOC_PSEUDO_ROOT, "split": "val", "metric": "val_teacher",
-        "license": "voc-research-use", "license_text": VOC_LICENSE_TEXT,
+        "data": VOC_PSEUDO_ROOT,
+        "split": "val",
+        "metric": "val_teacher",
+        "license": "voc-research-use",
+        "license_text": VOC_LICENSE_TEXT,
         "train_note": "trained on train/, evaluated on val/",
         "results_title": "Agreement with the teacher on the held-out VOC 2007 photos",
         "results_text": "21 classes, ignore label 255, the 300 photos of `val/` at their full size. "
-                        "**This is agreement with the teacher's labels, not accuracy against human "
-                        "annotations**: the teacher is itself about 70% mIoU on VOC 2012 val, and a student "
-                        "that copied it perfectly would score 100 here.",
+        "**This is agreement with the teacher's labels, not accuracy against human "
+        "annotations**: the teacher is itself about 70% mIoU on VOC 2012 val, and a student "
+        "that copied it perfectly would score 100 here.",
         "data_text": VOC_CITATION + " No photo or label is distributed with these weights.",
         "trainonly": None,
     },
@@ -98,8 +105,9 @@ def per_class_table(single: dict, multi: dict | None) -> str:
             row += f" {'-' if other is None else f'{other:.1f}'} |"
         rows.append(row)
     rows.append(f"| **mean IoU** | **{single['mIoU']:.2f}** |" + (f" **{multi['mIoU']:.2f}** |" if multi else ""))
-    rows.append(f"| pixel accuracy | {single['pixel_accuracy']:.2f} |" +
-                (f" {multi['pixel_accuracy']:.2f} |" if multi else ""))
+    rows.append(
+        f"| pixel accuracy | {single['pixel_accuracy']:.2f} |" + (f" {multi['pixel_accuracy']:.2f} |" if multi else "")
+    )
     return "\n".join(rows)
 
 
@@ -113,8 +121,11 @@ def training_summary(run: Path) -> str:
         last[r["epoch"]] = r
     epochs = [last[e] for e in sorted(last)]
     minutes = sum(r.get("seconds", 0) for r in epochs) / 60
-    lines = [f"{len(epochs)} epochs, {epochs[-1]['step']} steps, {minutes:.0f} min of wall-clock time on a shared "
-             "2-core CPU. Mean training loss per epoch:", ""]
+    lines = [
+        f"{len(epochs)} epochs, {epochs[-1]['step']} steps, {minutes:.0f} min of wall-clock time on a shared "
+        "2-core CPU. Mean training loss per epoch:",
+        "",
+    ]
     lines.append(", ".join(f"{r['epoch']}: {r['loss']:.3f}" for r in epochs if r.get("loss") is not None))
     return "\n".join(lines)
 
@@ -125,16 +136,25 @@ def main() -> int:
     parser.add_argument("--config", type=Path, required=True, help="the training config the run used")
     parser.add_argument("--id", required=True, help="model id in the zoo, e.g. camvid-refinenet-mobilenetv2")
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="camvid")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="dataset root (default: the dataset's folder in ../shared)")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="dataset root (default: the dataset's folder in ../shared)"
+    )
     parser.add_argument("--out-root", type=Path, default=ROOT / "refinenet" / "weights")
-    parser.add_argument("--trainonly-log", type=Path, default=None,
-                        help="log.jsonl of the train-only twin run, to report its validation mIoU")
+    parser.add_argument(
+        "--trainonly-log",
+        type=Path,
+        default=None,
+        help="log.jsonl of the train-only twin run, to report its validation mIoU",
+    )
     parser.add_argument("--skip-multiscale", action="store_true", help="evaluate at a single scale only")
-    parser.add_argument("--reuse-eval", action="store_true",
-                        help="keep the eval JSON already in the folder (only rewrite weights and card)")
-    parser.add_argument("--notes-file", type=Path, default=None,
-                        help="markdown file added to the card's Training section")
+    parser.add_argument(
+        "--reuse-eval",
+        action="store_true",
+        help="keep the eval JSON already in the folder (only rewrite weights and card)",
+    )
+    parser.add_argument(
+        "--notes-file", type=Path, default=None, help="markdown file added to the card's Training section"
+    )
     parser.add_argument("--notes", default="", help="extra markdown for the card's Training section")
     args = parser.parse_args()
     profile = DATASETS[args.dataset]
@@ -156,10 +176,39 @@ def main() -> int:
 
     data = str(args.data or profile["data"])
     kind = [] if args.dataset == "camvid" else ["--dataset", "folders"]
-    single_cmd = ["eval", "--model", str(out), "--data", data, *kind, "--split", split, "--device", "cpu",
-                  "--out", str(out / f"eval-{split}.json"), "--confusion", str(out / f"confusion-{split}.png")]
-    multi_cmd = ["eval", "--model", str(out), "--data", data, *kind, "--split", split, "--device", "cpu",
-                 "--scales", "0.75,1,1.25", "--flip", "--out", str(out / f"eval-{split}-ms-flip.json")]
+    single_cmd = [
+        "eval",
+        "--model",
+        str(out),
+        "--data",
+        data,
+        *kind,
+        "--split",
+        split,
+        "--device",
+        "cpu",
+        "--out",
+        str(out / f"eval-{split}.json"),
+        "--confusion",
+        str(out / f"confusion-{split}.png"),
+    ]
+    multi_cmd = [
+        "eval",
+        "--model",
+        str(out),
+        "--data",
+        data,
+        *kind,
+        "--split",
+        split,
+        "--device",
+        "cpu",
+        "--scales",
+        "0.75,1,1.25",
+        "--flip",
+        "--out",
+        str(out / f"eval-{split}-ms-flip.json"),
+    ]
     if not args.reuse_eval and refinenet_cli(single_cmd) != 0:
         return 1
     single = json.loads((out / f"eval-{split}.json").read_text())
@@ -203,22 +252,34 @@ def main() -> int:
     if args.trainonly_log and args.trainonly_log.exists() and profile["trainonly"]:
         vals = [json.loads(line) for line in args.trainonly_log.read_text().splitlines() if "val_mIoU" in line]
         if vals:
-            training += ["", f"The same recipe {profile['trainonly']} reaches a validation mIoU of "
-                             f"{vals[-1]['val_mIoU']:.2f} after {vals[-1]['epoch']} epochs "
-                             f"(`refinenet train configs/{args.trainonly_log.parent.name}.yaml`; the run's "
-                             "log.jsonl holds the validation mIoU of every fifth epoch and of the last)."]
+            training += [
+                "",
+                f"The same recipe {profile['trainonly']} reaches a validation mIoU of "
+                f"{vals[-1]['val_mIoU']:.2f} after {vals[-1]['epoch']} epochs "
+                f"(`refinenet train configs/{args.trainonly_log.parent.name}.yaml`; the run's "
+                "log.jsonl holds the validation mIoU of every fifth epoch and of the last).",
+            ]
     sections = {
         profile["results_title"]: profile["results_text"] + "\n\n" + per_class_table(single, multi),
         "Training": "\n".join(training),
         "Data": profile["data_text"],
     }
     title = model.config.description.split(", trained")[0].rstrip(".") or args.id  # "<model> on <backbone>"
-    save_pretrained(state, out, model.config, title=title,
-                    metrics=metrics, license_name=profile["license"], license_text=profile["license_text"],
-                    card_sections=sections)
+    save_pretrained(
+        state,
+        out,
+        model.config,
+        title=title,
+        metrics=metrics,
+        license_name=profile["license"],
+        license_text=profile["license_text"],
+        card_sections=sections,
+    )
     digest = hash_folder(out)
-    print(f"\n{args.id}: {count_parameters(model):,} parameters, {split} mIoU {single['mIoU']:.2f}"
-          + (f", multi-scale + flip {multi['mIoU']:.2f}" if multi else ""))
+    print(
+        f"\n{args.id}: {count_parameters(model):,} parameters, {split} mIoU {single['mIoU']:.2f}"
+        + (f", multi-scale + flip {multi['mIoU']:.2f}" if multi else "")
+    )
     print(f'zoo entry: sha256="{digest}", metrics={metrics}')
     shutil.rmtree(out / "__pycache__", ignore_errors=True)
     return 0

@@ -73,8 +73,9 @@ def save_model_folder(model: RefineNet, folder: Path) -> Path:
     """A Hub-layout folder written by hand (config.json + model.safetensors), independent of hub.py."""
     folder.mkdir(parents=True, exist_ok=True)
     model.config.save(folder / "config.json")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              str(folder / "model.safetensors"))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors")
+    )
     return folder
 
 

@@ -115,8 +115,9 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
 
         # -- plumbing
 
-        def _send(self, status: int, headers: dict[str, str] | None = None, body: bytes = b"",
-                  head: bool = False) -> None:
+        def _send(
+            self, status: int, headers: dict[str, str] | None = None, body: bytes = b"", head: bool = False
+        ) -> None:
             self.send_response(status)
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
@@ -128,8 +129,9 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
         def _json(self, status: int, data: object, headers: dict[str, str] | None = None) -> None:
             self._send(status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(data).encode())
 
-        def _error(self, status: int, code: str, message: str, head: bool = False,
-                   headers: dict[str, str] | None = None) -> None:
+        def _error(
+            self, status: int, code: str, message: str, head: bool = False, headers: dict[str, str] | None = None
+        ) -> None:
             extra = {"X-Error-Code": code, "X-Error-Message": message, **(headers or {})}
             body = json.dumps({"error": message}).encode()
             self._send(status, {"Content-Type": "application/json", **extra}, body, head)
@@ -157,8 +159,13 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             headers = {"X-Repo-Commit": commit, "ETag": f'"{git_blob_sha1(data)}"'}
             if filename.endswith(LFS_SUFFIXES):
                 sha = hashlib.sha256(data).hexdigest()
-                headers.update({"X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data)),
-                                "Location": f"{hub.cdn}/{repo_id}/{sha}"})
+                headers.update(
+                    {
+                        "X-Linked-Etag": f'"{sha}"',
+                        "X-Linked-Size": str(len(data)),
+                        "Location": f"{hub.cdn}/{repo_id}/{sha}",
+                    }
+                )
                 return self._send(302, headers, head=head)
             self._send(200, headers, data, head)
 
@@ -167,8 +174,12 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             repo_id, sha = "/".join(parts[1:3]), parts[3]
             with hub.lock:
                 repo = hub.repos.get(repo_id)
-                found = [(p, d) for tree in (repo.commits.values() if repo else [])
-                         for p, d in tree.items() if hashlib.sha256(d).hexdigest() == sha]
+                found = [
+                    (p, d)
+                    for tree in (repo.commits.values() if repo else [])
+                    for p, d in tree.items()
+                    if hashlib.sha256(d).hexdigest() == sha
+                ]
                 if not found:
                     return self._send(404, head=head)
                 path, data = found[0]
@@ -198,7 +209,7 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
                 errors.append("README.md has no YAML front matter")
             else:
                 try:
-                    meta = yaml.safe_load(content[4:content.index("\n---\n", 4)])
+                    meta = yaml.safe_load(content[4 : content.index("\n---\n", 4)])
                 except yaml.YAMLError as error:
                     meta, errors = {}, [f"invalid YAML: {error}"]
                 if not isinstance(meta, dict):
@@ -222,8 +233,9 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
                 repo_id = f"{data['organization']}/{data['name']}" if data.get("organization") else data["name"]
                 with hub.lock:
                     if repo_id in hub.repos:
-                        return self._json(409, {"error": "You already created this model repo",
-                                                "url": f"{hub.url}/{repo_id}"})
+                        return self._json(
+                            409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"}
+                        )
                     hub.repos[repo_id] = Repo()
                     hub.repos[repo_id].commit({".gitattributes": GITATTRIBUTES})
                 return self._json(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id})
@@ -243,8 +255,10 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
                 if repo.resolve(revision) is None:
                     return self._error(404, "RevisionNotFound", "Invalid rev id: " + revision)
                 if action == "preupload":
-                    files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
-                             for f in json.loads(body)["files"]]
+                    files = [
+                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+                        for f in json.loads(body)["files"]
+                    ]
                     return self._json(200, {"files": files, "commitOid": repo.resolve(revision)})
                 if action == "commit":
                     files = {}

@@ -30,17 +30,18 @@ def maxpool5_numpy(x: np.ndarray) -> np.ndarray:
     """Stride-1 5x5 max-pool with 2 cells of -inf padding, over the last two axes."""
     h, w = x.shape[-2:]
     padded = np.full(x.shape[:-2] + (h + 4, w + 4), -np.inf, dtype=np.float64)
-    padded[..., 2:h + 2, 2:w + 2] = x
+    padded[..., 2 : h + 2, 2 : w + 2] = x
     out = np.full(x.shape, -np.inf, dtype=np.float64)
     for dy in range(5):
         for dx in range(5):
-            out = np.maximum(out, padded[..., dy:dy + h, dx:dx + w])
+            out = np.maximum(out, padded[..., dy : dy + h, dx : dx + w])
     return out
 
 
 def bilinear_align_corners_numpy(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear upsampling with ``align_corners=True`` written out: output cell i samples the
     input at ``i * (n_in - 1) / (n_out - 1)``."""
+
     def weights(n_in: int, n_out: int) -> np.ndarray:
         m = np.zeros((n_out, n_in))
         for i in range(n_out):
@@ -109,8 +110,9 @@ def test_fusion_of_two_paths_upsamples_to_the_finer_odd_size_and_sums(coarse_fir
     expected = fine.numpy() + bilinear_align_corners_numpy(coarse.numpy()[:, :width], (15, 21))
     np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-5)
     # align_corners=True: the corner cells of the coarse map land exactly on the fine corners.
-    np.testing.assert_allclose(out[0, :, -1, -1].numpy(), (fine[0, :, -1, -1] + coarse[0, :width, -1, -1]).numpy(),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        out[0, :, -1, -1].numpy(), (fine[0, :, -1, -1] + coarse[0, :width, -1, -1]).numpy(), rtol=0, atol=1e-6
+    )
 
 
 def test_fusion_projects_to_the_block_width_with_one_conv_per_path():

@@ -20,17 +20,17 @@ def test_found_and_outside_on_a_hand_made_label_map():
     pred[6:8, 10:12] = 2
     pred[9, 19] = 1
     boxes = [
-        [1, 0, 0, 10, 5],    # 50 px, 20 of them class 1: 40% >= 10%, found
-        [2, 8, 5, 18, 10],   # 50 px, 4 of them class 2: 8% < 10%, missed
-        [2, 10, 6, 11, 7],   # 1 px, class 2: found, and small (1 px < 2% of 200 px = 4 px)
-        [3, 15, 0, 20, 2],   # 10 px, no class 3 at all: missed
+        [1, 0, 0, 10, 5],  # 50 px, 20 of them class 1: 40% >= 10%, found
+        [2, 8, 5, 18, 10],  # 50 px, 4 of them class 2: 8% < 10%, missed
+        [2, 10, 6, 11, 7],  # 1 px, class 2: found, and small (1 px < 2% of 200 px = 4 px)
+        [3, 15, 0, 20, 2],  # 10 px, no class 3 at all: missed
     ]
     counts = BoxCounts(num_classes=4)
     counts.add(pred, boxes)
     m = counts.metrics(["background", "a", "b", "c"])
     assert m["boxes"] == 4 and m["small_boxes"] == 1
-    assert m["found"] == pytest.approx(50.0)          # 2 of 4
-    assert m["found_small"] == pytest.approx(100.0)   # 1 of 1
+    assert m["found"] == pytest.approx(50.0)  # 2 of 4
+    assert m["found_small"] == pytest.approx(100.0)  # 1 of 1
     assert m["per_class_found"] == {"background": None, "a": 100.0, "b": 50.0, "c": 0.0}
     # Object pixels: 21 of class 1 (one outside its box), 4 of class 2 (all inside a class-2 box).
     assert m["outside"] == pytest.approx(1 / 25 * 100)
@@ -89,9 +89,15 @@ def test_a_box_drawn_on_the_photo_marks_the_same_pixels_in_the_crop():
 
 
 def test_allowed_classes_follow_boxes_and_leave_padding_out():
-    batch = [(torch.zeros(3, 8, 8), torch.zeros(8, 8, dtype=torch.long), torch.tensor([[2.0, 1, 1, 3, 3]]),
-              torch.tensor([0, 0, 6, 8])),
-             (torch.zeros(3, 8, 8), torch.zeros(8, 8, dtype=torch.long), torch.zeros(0, 5), torch.tensor([0, 0, 8, 8]))]
+    batch = [
+        (
+            torch.zeros(3, 8, 8),
+            torch.zeros(8, 8, dtype=torch.long),
+            torch.tensor([[2.0, 1, 1, 3, 3]]),
+            torch.tensor([0, 0, 6, 8]),
+        ),
+        (torch.zeros(3, 8, 8), torch.zeros(8, 8, dtype=torch.long), torch.zeros(0, 5), torch.tensor([0, 0, 8, 8])),
+    ]
     _, _, boxes, region = collate_with_boxes(batch)
     allowed = allowed_classes(boxes, region, num_classes=3, size=(8, 8), margin=1)
     assert allowed.shape == (2, 3, 8, 8)

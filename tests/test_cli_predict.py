@@ -54,13 +54,13 @@ def check_outputs(out: Path, inputs: list[Path], model_folder: Path) -> None:
             assert overlay.mode == "RGB" and overlay.size == expected.image.size
     assert not list(out.glob("broken*"))
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{p.stem}_{kind}.png" for p in good for kind in ("labels", "overlay"))
+        f"{p.stem}_{kind}.png" for p in good for kind in ("labels", "overlay")
+    )
 
 
 def test_predict_in_process(inputs, tiny_model_folder, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["predict", *map(str, inputs), "--model", str(tiny_model_folder), "--out", str(out),
-                 "--device", "cpu"])
+    code = main(["predict", *map(str, inputs), "--model", str(tiny_model_folder), "--out", str(out), "--device", "cpu"])
     assert code == 1  # because of broken.jpg
     err = capsys.readouterr().err
     assert "broken.jpg' is a damaged image file" in err
@@ -71,12 +71,29 @@ def test_predict_in_process(inputs, tiny_model_folder, tmp_path, capsys):
 def test_predict_as_a_subprocess(inputs, tiny_model_folder, tmp_path):
     out = tmp_path / "out"
     script = shutil.which("refinenet", path=os.path.dirname(sys.executable))
-    command = [script] if script else [sys.executable, "-c", "import sys; from refinenet.cli import main; "
-                                       "sys.exit(main(sys.argv[1:]))"]
+    command = (
+        [script]
+        if script
+        else [sys.executable, "-c", "import sys; from refinenet.cli import main; sys.exit(main(sys.argv[1:]))"]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*command, "predict", *map(str, inputs), "--model", str(tiny_model_folder),
-                           "--out", str(out), "--device", "cpu"], capture_output=True, text=True, env=env,
-                          timeout=300)
+    done = subprocess.run(
+        [
+            *command,
+            "predict",
+            *map(str, inputs),
+            "--model",
+            str(tiny_model_folder),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 1, done.stderr
     assert "broken.jpg' is a damaged image file" in done.stderr
     check_outputs(out, inputs, tiny_model_folder)
@@ -85,11 +102,29 @@ def test_predict_as_a_subprocess(inputs, tiny_model_folder, tmp_path):
 def test_all_good_inputs_exit_0_and_options_are_used(inputs, tiny_model_folder, tmp_path):
     out = tmp_path / "out"
     good = inputs[0]
-    code = main(["predict", str(good), "--model", str(tiny_model_folder), "--out", str(out), "--device", "cpu",
-                 "--scales", "0.75,1,1.25", "--flip", "--max-side", "40", "--alpha", "1"])
+    code = main(
+        [
+            "predict",
+            str(good),
+            "--model",
+            str(tiny_model_folder),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--scales",
+            "0.75,1,1.25",
+            "--flip",
+            "--max-side",
+            "40",
+            "--alpha",
+            "1",
+        ]
+    )
     assert code == 0
-    expected = Segmenter(from_pretrained(tiny_model_folder), device="cpu", max_side=40,
-                         scales=(0.75, 1.0, 1.25), flip=True).predict(good)
+    expected = Segmenter(
+        from_pretrained(tiny_model_folder), device="cpu", max_side=40, scales=(0.75, 1.0, 1.25), flip=True
+    ).predict(good)
     labels = np.asarray(Image.open(out / "street_labels.png"))
     assert expected.input_size == (28, 40)  # 53 -> 40, 37 -> round(27.92) = 28
     assert labels.shape == (37, 53) and np.array_equal(labels, expected.label_map)
@@ -107,7 +142,11 @@ def test_same_stems_do_not_overwrite_each_other(tiny_model_folder, tmp_path):
     out = tmp_path / "out"
     assert main(["predict", *map(str, paths), "--model", str(tiny_model_folder), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "frame-2_labels.png", "frame-2_overlay.png", "frame_labels.png", "frame_overlay.png"]
+        "frame-2_labels.png",
+        "frame-2_overlay.png",
+        "frame_labels.png",
+        "frame_overlay.png",
+    ]
     first = np.asarray(Image.open(out / "frame_overlay.png"))
     second = np.asarray(Image.open(out / "frame-2_overlay.png"))
     assert not np.array_equal(first, second)

@@ -57,13 +57,17 @@ def expected_name(key: str, layout: str) -> str:
         if key.startswith("layer"):
             return "backbone." + key
         fixed = {
-            "conv7.weight": "refine4.adapt.0.project.0.weight", "conv8.weight": "refine4.adapt.0.project.1.weight",
-            "conv5.weight": "refine3.adapt.0.project.0.weight", "conv6.weight": "refine3.adapt.0.project.1.weight",
-            "conv4.weight": "refine2.adapt.0.project.0.weight", "conv3.weight": "refine1.adapt.0.project.0.weight",
+            "conv7.weight": "refine4.adapt.0.project.0.weight",
+            "conv8.weight": "refine4.adapt.0.project.1.weight",
+            "conv5.weight": "refine3.adapt.0.project.0.weight",
+            "conv6.weight": "refine3.adapt.0.project.1.weight",
+            "conv4.weight": "refine2.adapt.0.project.0.weight",
+            "conv3.weight": "refine1.adapt.0.project.0.weight",
             "conv_adapt4.weight": "refine3.fusion.convs.1.weight",
             "conv_adapt3.weight": "refine2.fusion.convs.1.weight",
             "conv_adapt2.weight": "refine1.fusion.convs.1.weight",
-            "segm.weight": "classifier.weight", "segm.bias": "classifier.bias",
+            "segm.weight": "classifier.weight",
+            "segm.bias": "classifier.bias",
         }
         if key in fixed:
             return fixed[key]
@@ -91,8 +95,9 @@ def expected_name(key: str, layout: str) -> str:
     return f"{unit}.{conv}.{param}"
 
 
-def assert_every_tensor_carried(source: dict[str, torch.Tensor], converted: dict[str, torch.Tensor],
-                                layout: str) -> None:
+def assert_every_tensor_carried(
+    source: dict[str, torch.Tensor], converted: dict[str, torch.Tensor], layout: str
+) -> None:
     targets = [expected_name(k, layout) for k in source]
     assert len(set(targets)) == len(targets), "the expected mapping itself must be one-to-one"
     assert set(converted) == set(targets) | {k for k in converted if k.endswith("num_batches_tracked")}
@@ -119,16 +124,16 @@ def wrap(state_dict: dict[str, torch.Tensor], style: str) -> object:
     if style == "no-nbt":
         return {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
     if style == "segmenter+module+no-nbt":
-        return {"segmenter": {"module." + k: v for k, v in state_dict.items()
-                              if not k.endswith("num_batches_tracked")}}
+        return {"segmenter": {"module." + k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}}
     raise ValueError(style)
 
 
 STYLES = ["bare", "model", "segmenter", "state_dict", "module", "no-nbt", "segmenter+module+no-nbt"]
 
 
-def check_counters(source: dict[str, torch.Tensor], converted: dict[str, torch.Tensor], layout: str,
-                   style: str) -> None:
+def check_counters(
+    source: dict[str, torch.Tensor], converted: dict[str, torch.Tensor], layout: str, style: str
+) -> None:
     counters = {k: v for k, v in source.items() if k.endswith("num_batches_tracked")}
     assert counters, "every layout with batch norm lists its counters"
     for key, value in counters.items():
@@ -143,9 +148,9 @@ def strip_counters_for_compare(source, style):
 
 # --------------------------------------------------------------------------- file round trips
 
-FILE_CASES = [
-    ("drsleep-lw-mobilenetv2-voc21", style) for style in STYLES
-] + [("drsleep-lw-resnet50-voc21", "segmenter+module+no-nbt")]
+FILE_CASES = [("drsleep-lw-mobilenetv2-voc21", style) for style in STYLES] + [
+    ("drsleep-lw-resnet50-voc21", "segmenter+module+no-nbt")
+]
 
 
 @pytest.mark.parametrize(("layout", "style"), FILE_CASES)
@@ -212,7 +217,10 @@ def test_large_layouts_convert_and_load_strictly(layout, style):
 def test_converted_configs_describe_the_published_models():
     mobilenet = convert_state_dict(synthetic_checkpoint("drsleep-lw-mobilenetv2-voc21")).config
     assert (mobilenet.architecture, mobilenet.backbone, mobilenet.activation) == (
-        "lw-refinenet", "mobilenetv2-lw-authors", "relu6")
+        "lw-refinenet",
+        "mobilenetv2-lw-authors",
+        "relu6",
+    )
     assert mobilenet.fuse_backbone_conv is False and mobilenet.widths == [256] * 4
     resnet50 = convert_state_dict(synthetic_checkpoint("drsleep-lw-resnet50-voc21")).config
     assert resnet50.backbone == "resnet50" and resnet50.fuse_backbone_conv is True
@@ -317,8 +325,21 @@ def test_cli_convert_then_refuses_to_overwrite(tmp_path, capsys):
     path = tmp_path / "ck.pth"
     torch.save({"state_dict": source}, path)
     out = tmp_path / "folder"
-    assert cli_main(["convert", str(path), "--out", str(out), "--class-names",
-                     ",".join(f"c{i}" for i in range(21)), "--dataset", "my data"]) == 0
+    assert (
+        cli_main(
+            [
+                "convert",
+                str(path),
+                "--out",
+                str(out),
+                "--class-names",
+                ",".join(f"c{i}" for i in range(21)),
+                "--dataset",
+                "my data",
+            ]
+        )
+        == 0
+    )
     assert "lw-refinenet-mobilenetv2" in capsys.readouterr().out
     model = load_folder(out)
     assert model.config.class_names[3] == "c3" and model.config.datasets == ["my data"]
@@ -363,9 +384,11 @@ def test_matlab_refinement_part_maps_totally_with_transposed_filters(variant, or
         "mflow_conv_g4_b3_conv_relu_varout_dimred_filter": "refine1.output_rcus.2.conv2.weight",
     }
     pairs["adapt_stage1_b2_conv_filter" if variant == "original" else "adapt_input_path1_b2_conv_filter"] = (
-        "refine4.adapt.0.rcus.1.conv1.weight")
-    pairs["mflow_conv_g2_pool3_outvar_dimred_filter" if variant == "original"
-          else "mflow_conv_g2_pool2_outvar_pb3_filter"] = "refine3.crp.stages.2.weight"
+        "refine4.adapt.0.rcus.1.conv1.weight"
+    )
+    pairs[
+        "mflow_conv_g2_pool3_outvar_dimred_filter" if variant == "original" else "mflow_conv_g2_pool2_outvar_pb3_filter"
+    ] = "refine3.crp.stages.2.weight"
     for source, target in pairs.items():
         value = params[source]
         out = converted[target]

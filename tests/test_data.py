@@ -37,8 +37,15 @@ def test_train_transform_crops_pads_with_ignore_and_keeps_labels_aligned(tmp_pat
 
     image = Image.open(tmp_path / "img" / "a.png").convert("RGB")
     label = Image.open(tmp_path / "lab" / "a.png")
-    t = TrainTransform(crop_size=64, scale_range=(1.0, 1.0), flip=False, photometric=0.0, mean=(0, 0, 0),
-                       std=(1, 1, 1), ignore_index=255)
+    t = TrainTransform(
+        crop_size=64,
+        scale_range=(1.0, 1.0),
+        flip=False,
+        photometric=0.0,
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+        ignore_index=255,
+    )
     x, y = t(image, label, random.Random(0))
     assert x.shape == (3, 64, 64) and y.shape == (64, 64)
     # The 40x30 image fits in the crop: everything outside it is padding with the ignore label.
@@ -53,8 +60,7 @@ def test_flip_moves_image_and_label_together(tmp_path):
 
     image = Image.open(tmp_path / "img" / "a.png").convert("RGB")
     label = Image.open(tmp_path / "lab" / "a.png")
-    t = TrainTransform(crop_size=32, scale_range=(1.0, 1.0), flip=True, photometric=0.0, mean=(0, 0, 0),
-                       std=(1, 1, 1))
+    t = TrainTransform(crop_size=32, scale_range=(1.0, 1.0), flip=True, photometric=0.0, mean=(0, 0, 0), std=(1, 1, 1))
     flipped = [t(image, label, random.Random(s)) for s in range(20)]
     plain = EvalTransform(mean=(0, 0, 0), std=(1, 1, 1))(image, label, random.Random(0))
     mirrored = [(x, y) for x, y in flipped if not torch.equal(y, plain[1])]
@@ -118,8 +124,11 @@ def test_class_mix_probability_and_seed():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     # Over many draws about half the images are mixed.
     generator = torch.Generator().manual_seed(1)
-    mixed = sum(int(not torch.equal(class_mix(images, labels, 0.5, 255, generator)[1][i], labels[i]))
-                for _ in range(200) for i in range(4))
+    mixed = sum(
+        int(not torch.equal(class_mix(images, labels, 0.5, 255, generator)[1][i], labels[i]))
+        for _ in range(200)
+        for i in range(4)
+    )
     assert 300 < mixed < 500
     # An image whose neighbour holds a single class (or only ignored pixels) gets nothing pasted.
     single = labels.clone()

@@ -70,7 +70,11 @@ def test_segment_caches_every_block_and_crp_stage_in_half_precision(cached, phot
     assert [b.stride for b in cached.blocks] == [32, 16, 8, 4]
     assert [b.levels for b in cached.blocks] == [(32,), (16,), (8,), (4,)]
     assert [(level.stride, level.channels, level.size) for level in cached.levels] == [
-        (4, 24, (30, 40)), (8, 32, (15, 20)), (16, 96, (8, 10)), (32, 320, (4, 5))]
+        (4, 24, (30, 40)),
+        (8, 32, (15, 20)),
+        (16, 96, (8, 10)),
+        (32, 320, (4, 5)),
+    ]
     assert cached.input_size == (120, 160)  # 150 x 200 capped to a long side of 160
     assert cached.original_size == (150, 200)
     block1 = cached.block("RefineNet-1")
@@ -119,8 +123,10 @@ def test_views_never_rerun_the_network(counted, cached):
 def test_stage_pictures_keep_the_grid_visible(cached):
     items = demo.render_stages(cached, "l2", "per-map", "viridis")
     assert [caption for _, caption in items] == [
-        "RefineNet-4 · stride 32 · 32×4×5", "RefineNet-3 · stride 16 · 16×8×10",
-        "RefineNet-2 · stride 8 · 16×15×20", "RefineNet-1 · stride 4 · 16×30×40",
+        "RefineNet-4 · stride 32 · 32×4×5",
+        "RefineNet-3 · stride 16 · 16×8×10",
+        "RefineNet-2 · stride 8 · 16×15×20",
+        "RefineNet-1 · stride 4 · 16×30×40",
     ]
     # One pixel per cell, at every depth (the browser enlarges them without smoothing).
     assert [picture.shape for picture, _ in items] == [(4, 5, 3), (8, 10, 3), (15, 20, 3), (30, 40, 3)]
@@ -136,8 +142,7 @@ def test_picture_grid_carries_exact_maps_and_escaped_captions():
     rng = np.random.default_rng(0)
     feature_map = rng.integers(0, 256, size=(3, 5, 3), dtype=np.uint8)
     photo = np.full((40, 60, 3), 200, dtype=np.uint8)
-    html = widgets.picture_grid([(feature_map, 'map <1> & "x"'), (photo, "a photo")], columns=2,
-                                photos=frozenset({1}))
+    html = widgets.picture_grid([(feature_map, 'map <1> & "x"'), (photo, "a photo")], columns=2, photos=frozenset({1}))
     assert "repeat(2," in html
     cells = re.findall(r'<img class="(\w+)" alt="([^"]*)" src="data:image/(\w+);base64,([^"]+)">', html)
     assert [(kind, fmt) for kind, _, fmt, _ in cells] == [("map", "png"), ("photo", "jpeg")]
@@ -157,9 +162,18 @@ def test_stage_and_crp_grids_follow_the_model(cached):
 def test_crp_panel_order_and_pooling_windows(cached):
     items = demo.render_crp(cached, "RefineNet-3", "pca", "shared")
     captions = [c for _, c in items]
-    assert captions == ["input 16×8×10", "branch 1 · 5×5 cells", "branch 2 · 9×9 cells", "branch 3 · 13×13 cells",
-                        "branch 4 · 17×17 cells", "windows 80…272 px", "sum after stage 1", "sum after stage 2",
-                        "sum after stage 3", "sum after stage 4"]
+    assert captions == [
+        "input 16×8×10",
+        "branch 1 · 5×5 cells",
+        "branch 2 · 9×9 cells",
+        "branch 3 · 13×13 cells",
+        "branch 4 · 17×17 cells",
+        "windows 80…272 px",
+        "sum after stage 1",
+        "sum after stage 2",
+        "sum after stage 3",
+        "sum after stage 4",
+    ]
     context = items[5][0]
     assert context.shape == (120, 160, 3)
     # Stage 1's window is 5 cells x 16 px = 80 px wide, centred: its left edge is at x = 80 - 40.
@@ -258,8 +272,9 @@ def test_a_dead_block_is_named_and_cuts_the_deeper_paths(tiny_model, photo, tmp_
     assert demo.ablate(segmenter, result, 32).changed_fraction == 0.0
     assert demo.ablate(segmenter, result, 16).changed_fraction == 0.0
     assert demo.ablate(segmenter, result, 8).changed_fraction > 0.0
-    healthy = demo.segment(Segmenter(copy.deepcopy(tiny_model), device="cpu", max_side=160), photo,
-                           model_id="tiny", out_dir=tmp_path)
+    healthy = demo.segment(
+        Segmenter(copy.deepcopy(tiny_model), device="cpu", max_side=160), photo, model_id="tiny", out_dir=tmp_path
+    )
     assert demo.dead_blocks(healthy) == []
     assert "Dead block" not in demo.crp_context_markdown(healthy, "RefineNet-3")
 
@@ -272,6 +287,7 @@ def test_labels_from_logits_is_the_argmax_of_the_upsampled_scores_first_class_on
     assert labels.shape == (24, 32) and labels.dtype == np.uint8
     assert (labels == 1).all()  # the first of the tied classes, as numpy's and torch's argmax
     logits = rng.normal(size=(5, 6, 8)).astype(np.float32)
-    up = torch.nn.functional.interpolate(torch.from_numpy(logits)[None], size=(24, 32), mode="bilinear",
-                                         align_corners=False)[0].numpy()
+    up = torch.nn.functional.interpolate(
+        torch.from_numpy(logits)[None], size=(24, 32), mode="bilinear", align_corners=False
+    )[0].numpy()
     assert np.array_equal(demo.labels_from_logits(logits, (24, 32)), up.argmax(axis=0))

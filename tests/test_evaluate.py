@@ -13,10 +13,7 @@ def test_confusion_matrix_counts_by_hand_and_skips_ignored_pixels():
     target = torch.tensor([[0, 0, 1], [1, 2, 255]])
     pred = torch.tensor([[0, 1, 1], [1, 1, 0]])
     cm = confusion_matrix(pred, target, num_classes=4, ignore_index=255)
-    expected = torch.tensor([[1, 1, 0, 0],
-                             [0, 2, 0, 0],
-                             [0, 1, 0, 0],
-                             [0, 0, 0, 0]])
+    expected = torch.tensor([[1, 1, 0, 0], [0, 2, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]])
     assert torch.equal(cm, expected)
 
 
@@ -65,12 +62,29 @@ def test_eval_command_matches_an_independent_computation(tmp_path):
 
     make_folder(tmp_path / "data" / "test", tmp_path / "data" / "testannot", ["a", "b"], size=(45, 33), ignore=3)
     torch.manual_seed(0)
-    model = refinenet.refinenet_mobilenetv2(num_classes=3, widths=[16, 16, 16, 16], ignore_index=3,
-                                            class_names=["x", "y", "z"]).eval()
+    model = refinenet.refinenet_mobilenetv2(
+        num_classes=3, widths=[16, 16, 16, 16], ignore_index=3, class_names=["x", "y", "z"]
+    ).eval()
     save_pretrained(model, tmp_path / "model")
     out = tmp_path / "r.json"
-    assert main(["eval", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--split", "test",
-                 "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tmp_path / "model"),
+                "--data",
+                str(tmp_path / "data"),
+                "--split",
+                "test",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
 
     per_image = {}
@@ -89,8 +103,26 @@ def test_eval_command_matches_an_independent_computation(tmp_path):
     assert result["images"] == 2 and set(result["per_class_iou"]) == {"x", "y", "z"}
 
     # --every 2 keeps every second image in file order: only "a".
-    assert main(["eval", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--split", "test",
-                 "--out", str(out), "--device", "cpu", "--every", "2"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tmp_path / "model"),
+                "--data",
+                str(tmp_path / "data"),
+                "--split",
+                "test",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--every",
+                "2",
+            ]
+        )
+        == 0
+    )
     sampled = json.loads(out.read_text())
     assert sampled["images"] == 1 and sampled["every"] == 2
     assert sampled["confusion_matrix"] == per_image["a"].tolist()
@@ -118,8 +150,24 @@ def test_eval_reports_found_and_outside_where_the_split_has_human_boxes(tmp_path
     model = refinenet.refinenet_mobilenetv2(num_classes=3, widths=[16, 16, 16, 16], ignore_index=255).eval()
     save_pretrained(model, tmp_path / "model")
     out = tmp_path / "r.json"
-    assert main(["eval", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--split", "val",
-                 "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tmp_path / "model"),
+                "--data",
+                str(tmp_path / "data"),
+                "--split",
+                "val",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
 
     found = total = outside = predicted = 0

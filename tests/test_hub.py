@@ -162,8 +162,15 @@ def test_unknown_names_list_what_was_tried(tmp_path):
 
 
 def register(monkeypatch, model_id: str, **fields) -> zoo.ZooEntry:
-    entry = zoo.ZooEntry(model_id=model_id, title="test model", architecture="refinenet", backbone="mobilenetv2",
-                         dataset="synthetic", classes=tuple("abcde"), **fields)
+    entry = zoo.ZooEntry(
+        model_id=model_id,
+        title="test model",
+        architecture="refinenet",
+        backbone="mobilenetv2",
+        dataset="synthetic",
+        classes=tuple("abcde"),
+        **fields,
+    )
     monkeypatch.setitem(zoo.MODELS, model_id, entry)
     return entry
 
@@ -214,8 +221,14 @@ def local_hub():
 
 def child_env(tmp_path: Path, endpoint: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1",
-               HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONPATH=str(TESTS), **extra)
+    env.update(
+        HF_ENDPOINT=endpoint,
+        HF_HOME=str(tmp_path / "hf-home"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        PYTHONPATH=str(TESTS),
+        **extra,
+    )
     return env
 
 
@@ -233,8 +246,9 @@ with torch.no_grad():
 
 
 def run_child(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", CHILD, *args], env=env, capture_output=True, text=True,
-                          cwd=tmp_path, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, *args], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
 
 
 def test_download_through_hf_endpoint_then_offline_from_cache(tmp_path, local_hub, tiny_folder):
@@ -264,8 +278,15 @@ def test_offline_with_empty_cache_falls_back_to_bundled_with_notice(tmp_path, lo
     model = make_tiny_model(seed=5)
     folder = bundle(tmp_path / "weights", "tiny-zoo", model)
     env = child_env(tmp_path, local_hub.url, HF_HUB_OFFLINE="1", REFINENET_WEIGHTS_DIR=str(tmp_path / "weights"))
-    done = run_child(tmp_path, env, "tiny-zoo", str(tmp_path / "out.pt"), "tiny-zoo", "lab/tiny-zoo",
-                     sha256(folder / "model.safetensors"))
+    done = run_child(
+        tmp_path,
+        env,
+        "tiny-zoo",
+        str(tmp_path / "out.pt"),
+        "tiny-zoo",
+        "lab/tiny-zoo",
+        sha256(folder / "model.safetensors"),
+    )
     assert done.returncode == 0, done.stderr
     assert "BundledFallbackWarning" in done.stderr and "HF_HUB_OFFLINE" in done.stderr
     result = torch.load(tmp_path / "out.pt")
@@ -294,8 +315,7 @@ def test_corrupt_download_is_refused_and_does_not_poison_the_cache(tmp_path, loc
     folder = bundle(tmp_path / "weights", "tiny-pub", model)
     good = (folder / "model.safetensors").read_bytes()
     local_hub.add_repo("lab/tiny-pub", folder)
-    register(monkeypatch, "tiny-pub", repo_id="lab/tiny-pub", sha256=sha256(folder / "model.safetensors"),
-             bundled=True)
+    register(monkeypatch, "tiny-pub", repo_id="lab/tiny-pub", sha256=sha256(folder / "model.safetensors"), bundled=True)
     cache = tmp_path / "cache"
     local_hub.corrupt("lab/tiny-pub", "model.safetensors")
     with pytest.raises(IntegrityError, match="removed from the cache"):  # no silent fallback to the bundled copy
@@ -338,8 +358,13 @@ def test_pinned_revision_ignores_newer_commits(tmp_path, local_hub, monkeypatch)
     save_pretrained(second, tmp_path / "v2")
     commit = local_hub.add_repo("lab/pinned", tmp_path / "v1")
     local_hub.add_repo("lab/pinned", tmp_path / "v2")  # main moves on
-    register(monkeypatch, "pinned", repo_id="lab/pinned", revision=commit,
-             sha256=sha256(tmp_path / "v1" / "model.safetensors"))
+    register(
+        monkeypatch,
+        "pinned",
+        repo_id="lab/pinned",
+        revision=commit,
+        sha256=sha256(tmp_path / "v1" / "model.safetensors"),
+    )
     loaded = from_pretrained("pinned", endpoint=local_hub.url, cache_dir=tmp_path / "cache")
     assert loaded.weights_source.revision == commit
     assert torch.equal(logits(loaded), logits(first))
@@ -350,8 +375,9 @@ def test_pinned_revision_ignores_newer_commits(tmp_path, local_hub, monkeypatch)
 def _fallback_case(tmp_path, monkeypatch, model_id):
     model = make_tiny_model(seed=3)
     folder = bundle(tmp_path / "weights", model_id, model)
-    register(monkeypatch, model_id, repo_id=f"lab/{model_id}", sha256=sha256(folder / "model.safetensors"),
-             bundled=True)
+    register(
+        monkeypatch, model_id, repo_id=f"lab/{model_id}", sha256=sha256(folder / "model.safetensors"), bundled=True
+    )
     return model
 
 
@@ -362,8 +388,12 @@ def test_endpoint_that_is_not_a_hub_falls_back_to_bundled_with_warning(tmp_path,
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with pytest.warns(BundledFallbackWarning, match="could not be reached"):
-            loaded = from_pretrained("tiny-portal", endpoint=f"http://127.0.0.1:{server.server_address[1]}",
-                                     cache_dir=tmp_path / "cache", weights_dir=tmp_path / "weights")
+            loaded = from_pretrained(
+                "tiny-portal",
+                endpoint=f"http://127.0.0.1:{server.server_address[1]}",
+                cache_dir=tmp_path / "cache",
+                weights_dir=tmp_path / "weights",
+            )
     finally:
         server.shutdown()
         server.server_close()
@@ -377,8 +407,9 @@ def test_unreachable_hub_falls_back_to_bundled_with_warning(tmp_path, monkeypatc
     with LocalHub() as server:
         closed = server.url  # nothing listens here once the server is gone
     with pytest.warns(BundledFallbackWarning, match="could not be reached"):
-        loaded = from_pretrained("tiny-away", endpoint=closed, cache_dir=tmp_path / "cache",
-                                 weights_dir=tmp_path / "weights")
+        loaded = from_pretrained(
+            "tiny-away", endpoint=closed, cache_dir=tmp_path / "cache", weights_dir=tmp_path / "weights"
+        )
     assert loaded.weights_source.source == "bundled copy" and torch.equal(logits(loaded), logits(model))
 
 
@@ -399,8 +430,7 @@ def test_push_a_model_writes_its_folder_first(tmp_path, local_hub):
     model = make_tiny_model(seed=11)
     result = push_to_hub(model, "me/from-model", token="hf_test", endpoint=local_hub.url)
     assert result.commit == local_hub.repos["me/from-model"].branches["main"]
-    assert set(local_hub.files("me/from-model")) == {".gitattributes", "README.md", "config.json",
-                                                      "model.safetensors"}
+    assert set(local_hub.files("me/from-model")) == {".gitattributes", "README.md", "config.json", "model.safetensors"}
     assert "me/from-model" in local_hub.files("me/from-model")["README.md"].decode()  # the card names the repo
     loaded = from_pretrained("me/from-model", result.commit, endpoint=local_hub.url, cache_dir=tmp_path / "cache")
     assert torch.equal(logits(loaded), logits(model))
@@ -445,5 +475,5 @@ def test_cli_push_uploads_through_hf_endpoint(tmp_path, local_hub, tiny_folder):
     pushed = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=300)
     assert pushed.returncode == 0, pushed.stderr
     commit = local_hub.repos["me/cli"].branches["main"]
-    assert f"commit {commit}" in pushed.stdout and "zoo entry fields: repo_id=\"me/cli\"" in pushed.stdout
+    assert f"commit {commit}" in pushed.stdout and 'zoo entry fields: repo_id="me/cli"' in pushed.stdout
     assert local_hub.files("me/cli")["model.safetensors"] == (folder / "model.safetensors").read_bytes()

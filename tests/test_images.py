@@ -108,15 +108,18 @@ def test_zero_sized_images():
         load_image(np.zeros((0, 5, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize(("array", "message"), [
-    (np.zeros((5, 5, 2), dtype=np.uint8), r"shape \(5, 5, 2\)"),
-    (np.zeros((3, 20, 30), dtype=np.uint8), "channels first"),
-    (np.zeros((2, 5, 5, 3), dtype=np.uint8), "expected H x W"),
-    (np.full((4, 4, 3), 2.0), r"values in \[2, 2\].*\[0, 1\]"),
-    (np.full((4, 4), np.nan), "NaN"),
-    (np.full((4, 4), -3, dtype=np.int32), "expected 0..255"),
-    (np.zeros((4, 4), dtype=np.complex64), "dtype complex64"),
-])
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((5, 5, 2), dtype=np.uint8), r"shape \(5, 5, 2\)"),
+        (np.zeros((3, 20, 30), dtype=np.uint8), "channels first"),
+        (np.zeros((2, 5, 5, 3), dtype=np.uint8), "expected H x W"),
+        (np.full((4, 4, 3), 2.0), r"values in \[2, 2\].*\[0, 1\]"),
+        (np.full((4, 4), np.nan), "NaN"),
+        (np.full((4, 4), -3, dtype=np.int32), "expected 0..255"),
+        (np.zeros((4, 4), dtype=np.complex64), "dtype complex64"),
+    ],
+)
 def test_bad_arrays(array, message):
     with pytest.raises(ImageLoadError, match=message):
         load_image(array)
@@ -171,8 +174,9 @@ def _mode_cases():
     ]
 
 
-@pytest.mark.parametrize(("name", "source", "mode", "first", "second"), _mode_cases(),
-                         ids=[case[0] for case in _mode_cases()])
+@pytest.mark.parametrize(
+    ("name", "source", "mode", "first", "second"), _mode_cases(), ids=[case[0] for case in _mode_cases()]
+)
 def test_colour_modes_become_rgb(name, source, mode, first, second):
     opened = Image.open(io.BytesIO(source)) if isinstance(source, bytes) else source
     assert opened.mode == mode, "the test image must really be in the mode under test"
@@ -188,16 +192,19 @@ def test_half_transparent_pixels_are_blended_on_white():
     assert r == 255 and abs(g - 127) <= 1 and abs(b - 127) <= 1
 
 
-@pytest.mark.parametrize(("array", "expected"), [
-    (np.full((7, 13), 200, dtype=np.uint8), (200, 200, 200)),
-    (np.full((7, 13, 1), 200, dtype=np.uint8), (200, 200, 200)),
-    (np.full((7, 13, 3), [10, 20, 30], dtype=np.uint8), (10, 20, 30)),
-    (np.full((7, 13, 3), [0.0, 0.5, 1.0], dtype=np.float32), (0, 128, 255)),
-    (np.full((7, 13, 4), [10, 20, 30, 0], dtype=np.uint8), (255, 255, 255)),
-    (np.full((7, 13, 4), [10, 20, 30, 255], dtype=np.uint8), (10, 20, 30)),
-    (np.ones((7, 13), dtype=bool), (255, 255, 255)),
-    (np.full((7, 13), 257 * 40, dtype=np.uint16), (40, 40, 40)),
-])
+@pytest.mark.parametrize(
+    ("array", "expected"),
+    [
+        (np.full((7, 13), 200, dtype=np.uint8), (200, 200, 200)),
+        (np.full((7, 13, 1), 200, dtype=np.uint8), (200, 200, 200)),
+        (np.full((7, 13, 3), [10, 20, 30], dtype=np.uint8), (10, 20, 30)),
+        (np.full((7, 13, 3), [0.0, 0.5, 1.0], dtype=np.float32), (0, 128, 255)),
+        (np.full((7, 13, 4), [10, 20, 30, 0], dtype=np.uint8), (255, 255, 255)),
+        (np.full((7, 13, 4), [10, 20, 30, 255], dtype=np.uint8), (10, 20, 30)),
+        (np.ones((7, 13), dtype=bool), (255, 255, 255)),
+        (np.full((7, 13), 257 * 40, dtype=np.uint16), (40, 40, 40)),
+    ],
+)
 def test_arrays(array, expected):
     image = load_image(array)
     assert image.mode == "RGB" and image.size == (13, 7)

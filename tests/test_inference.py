@@ -211,7 +211,11 @@ def test_features_carry_the_wiring_the_demo_draws(segmenter):
     assert features.levels_of("RefineNet-2") == (8,)
     # MobileNetV2 at 37 x 53: 24, 32, 96 and 320 channels at 1/4 ... 1/32, each size halved, rounding up.
     assert [(level.stride, level.channels, level.size) for level in features.backbone] == [
-        (4, 24, (10, 14)), (8, 32, (5, 7)), (16, 96, (3, 4)), (32, 320, (2, 2))]
+        (4, 24, (10, 14)),
+        (8, 32, (5, 7)),
+        (16, 96, (3, 4)),
+        (32, 320, (2, 2)),
+    ]
     with pytest.raises(KeyError):
         features.levels_of("RefineNet-9")
 

@@ -17,14 +17,18 @@ PACKAGE = "refinenet"
 # Lowest first. A name covers the module ``refinenet.<name>`` and, for a subpackage, every module
 # in it; "__init__" is the package's own ``refinenet/__init__.py`` (the public API).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundations: configuration, building blocks, data, drawing, counting",
-     ("config", "blocks", "backbones", "data", "visualize", "flops", "modelcard")),
+    (
+        "foundations: configuration, building blocks, data, drawing, counting",
+        ("config", "blocks", "backbones", "data", "visualize", "flops", "modelcard"),
+    ),
     ("the models", ("models",)),
     ("the model-folder format", ("folder",)),
     ("the zoo table", ("zoo",)),
     ("weights in and out: the Hub, the converters", ("hub", "convert")),
-    ("using models: inference, runtime, images, evaluation, training",
-     ("runtime", "images", "inference", "evaluate", "train")),
+    (
+        "using models: inference, runtime, images, evaluation, training",
+        ("runtime", "images", "inference", "evaluate", "train"),
+    ),
     ("serving and the demo: its pages, widgets and example photos", ("serving", "demo", "widgets", "examples")),
     ("the public API", ("__init__",)),
     ("the command line", ("cli",)),
@@ -97,7 +101,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return [*path[path.index(nxt):], nxt]
+                return [*path[path.index(nxt) :], nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()
@@ -116,8 +120,9 @@ def layering_problems(graph: dict[str, set[str]]) -> list[str]:
         for target in sorted(targets):
             low, high = layer_of(module), layer_of(target)
             if low is not None and high is not None and high > low:
-                problems.append(f"{module} (layer {low}, {LAYERS[low][0]}) imports {target} "
-                                f"(layer {high}, {LAYERS[high][0]})")
+                problems.append(
+                    f"{module} (layer {low}, {LAYERS[low][0]}) imports {target} (layer {high}, {LAYERS[high][0]})"
+                )
     return problems
 
 
@@ -127,8 +132,10 @@ GRAPH = import_graph(Path(__file__).resolve().parents[1] / PACKAGE)
 
 def test_every_module_has_a_layer():
     unplaced = sorted(m for m in GRAPH if layer_of(m) is None)
-    assert not unplaced, (f"modules without a layer: {', '.join(unplaced)}; add each to LAYERS in "
-                          f"tests/test_layers.py, at the lowest layer that holds everything it imports")
+    assert not unplaced, (
+        f"modules without a layer: {', '.join(unplaced)}; add each to LAYERS in "
+        f"tests/test_layers.py, at the lowest layer that holds everything it imports"
+    )
 
 
 def test_there_is_no_import_cycle():
@@ -157,6 +164,7 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     assert find_cycle(graph) == ["refinenet.hub", "refinenet.models", "refinenet.hub"]
     assert layering_problems(graph) == [
         "refinenet.models (layer 1, the models) imports refinenet.hub (layer 4, weights in and out: the Hub, "
-        "the converters)"]
+        "the converters)"
+    ]
     assert layer_of("refinenet.convert.matlab") == layer_of("refinenet.convert")
     assert layer_of("refinenet.newthing") is None

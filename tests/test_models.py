@@ -141,12 +141,15 @@ def test_ablation_cuts_exactly_one_level(calibrate):
 
 # Parameter counts only need shapes, so the models are built on the meta device (no memory,
 # no initialisation): the same modules, the same parameter tensors, in a fraction of a second.
-@pytest.mark.parametrize(("builder", "kwargs", "millions"), [
-    (refinenet.lw_refinenet_resnet50, {}, 27.36),
-    (refinenet.lw_refinenet_resnet101, {}, 46.35),
-    (refinenet.lw_refinenet_resnet152, {}, 61.99),
-    (refinenet.lw_refinenet_mobilenetv2, {"authors_layout": True}, 3.28),
-])
+@pytest.mark.parametrize(
+    ("builder", "kwargs", "millions"),
+    [
+        (refinenet.lw_refinenet_resnet50, {}, 27.36),
+        (refinenet.lw_refinenet_resnet101, {}, 46.35),
+        (refinenet.lw_refinenet_resnet152, {}, 61.99),
+        (refinenet.lw_refinenet_mobilenetv2, {"authors_layout": True}, 3.28),
+    ],
+)
 def test_light_weight_parameter_counts(builder, kwargs, millions):
     with torch.device("meta"):
         model = builder(num_classes=21, **kwargs)
@@ -157,4 +160,3 @@ def test_refinenet_101_has_exactly_the_released_parameter_count():
     with torch.device("meta"):
         model = refinenet.refinenet_resnet101(num_classes=21)
     assert count_parameters(model) == 118_052_437
-

@@ -44,7 +44,7 @@ def brute_force_max_pool(x: torch.Tensor, k: int) -> torch.Tensor:
     r = k // 2
     out = torch.empty_like(x)
     for i, j in itertools.product(range(h), range(w)):
-        window = x[:, :, max(0, i - r):i + r + 1, max(0, j - r):j + r + 1]
+        window = x[:, :, max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1]
         out[:, :, i, j] = window.amax(dim=(-2, -1))
     return out
 
@@ -79,14 +79,14 @@ def test_separable_max_pool_matches_max_pool_on_infinities_and_bf16():
 
 def test_only_exactly_equivalent_pools_are_replaced():
     model = nn.Sequential(
-        nn.MaxPool2d(5, 1, 2),                      # replaced
-        nn.MaxPool2d(3, stride=1, padding=1),       # replaced
-        nn.MaxPool2d(3, 2, 1),                      # stride 2: kept
-        nn.MaxPool2d(5, 1, 1),                      # not 'same' padding: kept
-        nn.MaxPool2d(4, 1, 2),                      # even window: kept
-        nn.MaxPool2d(3, 1, 1, ceil_mode=True),      # ceil mode: kept
-        nn.MaxPool2d(3, 1, 2, dilation=2),          # dilated: kept
-        nn.MaxPool2d((3, 5), 1, (1, 2)),            # not square: kept
+        nn.MaxPool2d(5, 1, 2),  # replaced
+        nn.MaxPool2d(3, stride=1, padding=1),  # replaced
+        nn.MaxPool2d(3, 2, 1),  # stride 2: kept
+        nn.MaxPool2d(5, 1, 1),  # not 'same' padding: kept
+        nn.MaxPool2d(4, 1, 2),  # even window: kept
+        nn.MaxPool2d(3, 1, 1, ceil_mode=True),  # ceil mode: kept
+        nn.MaxPool2d(3, 1, 2, dilation=2),  # dilated: kept
+        nn.MaxPool2d((3, 5), 1, (1, 2)),  # not square: kept
     )
     assert replace_max_pools(model) == 2
     kinds = [type(m).__name__ for m in model]
@@ -139,8 +139,12 @@ def test_fold_batch_norms_folds_conv_bn_pairs_exactly():
     reused = ReusedConv()
     model = nn.Sequential(
         nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=True), nn.BatchNorm2d(8), nn.ReLU6(),
+            nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=True),
+            nn.BatchNorm2d(8),
+            nn.ReLU6(),
             nn.BatchNorm2d(8),  # follows an activation, not a conv: kept
         ),
         nn.Conv2d(8, 4, 1),
@@ -353,10 +357,11 @@ def test_select_device_and_the_fast_path_layout():
 
 def test_conv_and_linear_macs_by_hand():
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1),   # 10x12 -> 5x6: 8*5*6 outputs, 3*3*3 MACs each
-        nn.Conv2d(8, 8, 3, padding=1, groups=8),   # depthwise: 8*5*6 outputs, 1*3*3 each
-        nn.Conv2d(8, 4, 1),                        # 4*5*6 outputs, 8 each
-        nn.Flatten(), nn.Linear(4 * 5 * 6, 7),     # 7 outputs, 120 each
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),  # 10x12 -> 5x6: 8*5*6 outputs, 3*3*3 MACs each
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),  # depthwise: 8*5*6 outputs, 1*3*3 each
+        nn.Conv2d(8, 4, 1),  # 4*5*6 outputs, 8 each
+        nn.Flatten(),
+        nn.Linear(4 * 5 * 6, 7),  # 7 outputs, 120 each
     )
     count = count_macs(model, (10, 12))
     assert count.by_layer == {"0": 8 * 30 * 27, "1": 8 * 30 * 9, "2": 4 * 30 * 8, "4": 7 * 120}
@@ -364,13 +369,17 @@ def test_conv_and_linear_macs_by_hand():
     assert count_macs(model, (10, 12), batch=3).total == 3 * count.total
 
 
-@pytest.mark.parametrize("build, expected_g", [
-    (lambda: refinenet.refinenet_resnet101(21), 262.9),
-    (lambda: refinenet.lw_refinenet_resnet50(21), 32.0),
-    (lambda: refinenet.lw_refinenet_resnet101(21), 51.4),
-    (lambda: refinenet.lw_refinenet_resnet152(21), 70.8),
-    (lambda: refinenet.lw_refinenet_mobilenetv2(21, authors_layout=True), 8.6),
-], ids=["refinenet-101", "lw-50", "lw-101", "lw-152", "lw-mobilenetv2"])
+@pytest.mark.parametrize(
+    "build, expected_g",
+    [
+        (lambda: refinenet.refinenet_resnet101(21), 262.9),
+        (lambda: refinenet.lw_refinenet_resnet50(21), 32.0),
+        (lambda: refinenet.lw_refinenet_resnet101(21), 51.4),
+        (lambda: refinenet.lw_refinenet_resnet152(21), 70.8),
+        (lambda: refinenet.lw_refinenet_mobilenetv2(21, authors_layout=True), 8.6),
+    ],
+    ids=["refinenet-101", "lw-50", "lw-101", "lw-152", "lw-mobilenetv2"],
+)
 def test_macs_reproduce_the_published_figures_at_512(build, expected_g):
     with torch.device("meta"):  # shapes only: builds and counts in well under a second
         model = build()

@@ -13,6 +13,7 @@ from refinenet.serving import ComputeThread, SegmenterCache, release_memory
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
+
 def test_compute_thread_runs_every_call_on_one_thread_other_than_the_callers():
     compute = ComputeThread()
     seen = []

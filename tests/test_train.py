@@ -22,18 +22,33 @@ from refinenet.train import (
     zero_init_residual_branches,
 )
 
-TINY_MODEL = {"architecture": "refinenet", "backbone": "mobilenetv2", "num_classes": 3,
-              "widths": [16, 16, 16, 16], "dropout": 0.0}
+TINY_MODEL = {
+    "architecture": "refinenet",
+    "backbone": "mobilenetv2",
+    "num_classes": 3,
+    "widths": [16, 16, 16, 16],
+    "dropout": 0.0,
+}
 
 
 def tiny_config(tmp_path, epochs, name="run", **overrides):
     data_root = tmp_path / "data"
     if not data_root.exists():
-        make_folder(data_root / "train" / "images", data_root / "train" / "labels", [str(i) for i in range(6)],
-                    size=(48, 40))
-    fields = dict(name=name, model=dict(TINY_MODEL), backbone_weights=None, epochs=epochs, batch_size=2,
-                  crop_size=32, num_workers=0, warmup_steps=2, output_dir=str(tmp_path / "runs"),
-                  data={"kind": "folders", "root": str(data_root), "train_split": "train", "ignore_index": 255})
+        make_folder(
+            data_root / "train" / "images", data_root / "train" / "labels", [str(i) for i in range(6)], size=(48, 40)
+        )
+    fields = dict(
+        name=name,
+        model=dict(TINY_MODEL),
+        backbone_weights=None,
+        epochs=epochs,
+        batch_size=2,
+        crop_size=32,
+        num_workers=0,
+        warmup_steps=2,
+        output_dir=str(tmp_path / "runs"),
+        data={"kind": "folders", "root": str(data_root), "train_split": "train", "ignore_index": 255},
+    )
     fields.update(overrides)
     return TrainConfig(**fields)
 
@@ -134,13 +149,39 @@ def test_yaml_config_rejects_unknown_keys(tmp_path):
 def test_torchrun_two_cpu_processes_on_gloo(tmp_path):
     cfg = tiny_config(tmp_path, epochs=1, name="ddp")
     path = tmp_path / "ddp.yaml"
-    fields = {k: getattr(cfg, k) for k in ("name", "model", "data", "backbone_weights", "epochs", "batch_size",
-                                           "crop_size", "num_workers", "warmup_steps", "output_dir")}
+    fields = {
+        k: getattr(cfg, k)
+        for k in (
+            "name",
+            "model",
+            "data",
+            "backbone_weights",
+            "epochs",
+            "batch_size",
+            "crop_size",
+            "num_workers",
+            "warmup_steps",
+            "output_dir",
+        )
+    }
     path.write_text(yaml.safe_dump(fields))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--standalone", "-m", "refinenet.train", str(path)],
-                          capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
-                                                                            "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            "-m",
+            "refinenet.train",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = load_checkpoint(tmp_path / "runs" / "ddp" / "last.pt")
     # 6 images shared by 2 processes: 3 each, so one full batch of 2 per process makes an epoch.
@@ -206,7 +247,7 @@ def test_distillation_targets_keep_only_the_classes_the_boxes_allow(tmp_path):
     allowed = torch.zeros(1, 3, 8, 8, dtype=torch.bool)
     allowed[:, 0] = True
     allowed[:, 2, :4, :4] = True  # a class-2 box over the top-left quarter
-    allowed[:, :, 6:] = False     # the last two rows are padding
+    allowed[:, :, 6:] = False  # the last two rows are padding
     targets, on_photo = distiller.targets(torch.zeros(1, 3, 8, 8), allowed, (4, 4))
     # Uniform teacher: background and class 2 share the mass inside the box, background alone
     # outside it; class 1 has no box and gets nothing. Pooled 2x2 to the 4 x 4 output.
@@ -235,11 +276,15 @@ def test_a_distilled_run_with_a_file_encoder_and_frozen_batch_norm(tmp_path):
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp_path / "encoder.safetensors"))
     (tmp_path / "teacher").mkdir()
     (tmp_path / "teacher" / "teacher.py").write_text(FAKE_TEACHER)
-    cfg = tiny_config(tmp_path, epochs=1, backbone_weights=str(tmp_path / "encoder.safetensors"),
-                      backbone_bn="frozen", distill={"teacher": str(tmp_path / "teacher"), "weight": 1.0},
-                      model=dict(TINY_MODEL, backbone_init="a test encoder"),
-                      data={"kind": "folders", "root": str(_boxed_data(tmp_path)), "train_split": "train",
-                            "ignore_index": 255})
+    cfg = tiny_config(
+        tmp_path,
+        epochs=1,
+        backbone_weights=str(tmp_path / "encoder.safetensors"),
+        backbone_bn="frozen",
+        distill={"teacher": str(tmp_path / "teacher"), "weight": 1.0},
+        model=dict(TINY_MODEL, backbone_init="a test encoder"),
+        data={"kind": "folders", "root": str(_boxed_data(tmp_path)), "train_split": "train", "ignore_index": 255},
+    )
     run = train(cfg, progress=False)
     state = load_checkpoint(run / "last.pt")["model"]
     assert torch.equal(state["backbone.features.0.1.running_mean"], torch.full((32,), 0.25))
@@ -259,10 +304,12 @@ def test_an_encoder_file_that_does_not_fit_names_the_keys(tmp_path):
 
 
 def test_a_config_with_a_base_changes_only_what_it_sets(tmp_path):
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"name": "a", "model": TINY_MODEL, "data": {"kind": "camvid"},
-                                                        "epochs": 7, "lr_decoder": 0.01}))
-    (tmp_path / "variant.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "name": "b",
-                                                           "model": {"num_classes": 5}}))
+    (tmp_path / "base.yaml").write_text(
+        yaml.safe_dump({"name": "a", "model": TINY_MODEL, "data": {"kind": "camvid"}, "epochs": 7, "lr_decoder": 0.01})
+    )
+    (tmp_path / "variant.yaml").write_text(
+        yaml.safe_dump({"base": "base.yaml", "name": "b", "model": {"num_classes": 5}})
+    )
     cfg = TrainConfig.load(tmp_path / "variant.yaml")
     assert (cfg.name, cfg.epochs, cfg.lr_decoder) == ("b", 7, 0.01)
     assert cfg.model["num_classes"] == 5 and cfg.model["widths"] == TINY_MODEL["widths"]

@@ -121,7 +121,7 @@ def test_channel_l2_and_mean_per_pixel():
 
 def test_top_channels_orders_by_energy_and_caps_k():
     fmap = np.zeros((4, 2, 2), np.float32)
-    fmap[0] = 1.0   # energy 1
+    fmap[0] = 1.0  # energy 1
     fmap[1] = -3.0  # energy 9 (sign does not matter)
     fmap[2, 0, 0] = 5.0  # energy 25 / 4
     assert list(top_channels(fmap, 3)) == [1, 2, 0]
@@ -172,8 +172,10 @@ def test_value_range_and_normalize():
 @pytest.mark.parametrize("scaling", ["per-map", "shared"])
 def test_three_component_maps_scale_each_component_on_its_own_range(scaling):
     rng = np.random.default_rng(3)
-    maps = [rng.normal(size=(h, w, 3)).astype(np.float32) * [1.0, 10.0, 0.1] + [0.0, 5.0, -2.0]
-            for h, w in ((12, 15), (24, 30))]
+    maps = [
+        rng.normal(size=(h, w, 3)).astype(np.float32) * [1.0, 10.0, 0.1] + [0.0, 5.0, -2.0]
+        for h, w in ((12, 15), (24, 30))
+    ]
     maps[1][..., 2] = 4.0  # a flat component: dark, not NaN
     scaled = scale_maps(maps, scaling)
     for k in range(3):
@@ -202,8 +204,8 @@ def test_per_map_scaling_stretches_each_map_shared_scaling_compares_them():
 
 def test_scaling_of_rgb_maps_is_per_component():
     rgb = np.zeros((10, 10, 3), np.float32)
-    rgb[:5, :, 0] = 1.0      # red component: 0 or 1
-    rgb[:5, :, 2] = 1000.0   # blue component: 0 or 1000
+    rgb[:5, :, 0] = 1.0  # red component: 0 or 1
+    rgb[:5, :, 2] = 1000.0  # blue component: 0 or 1000
     out = scale_maps([rgb], "per-map")[0]
     assert out[..., 0].max() == pytest.approx(1.0) and out[..., 2].max() == pytest.approx(1.0)
 
@@ -230,8 +232,9 @@ def test_reduce_feature_maps_pca_shared_basis_gives_equal_features_equal_colours
 
 def test_reduce_feature_maps_pca_accepts_different_widths():
     rng = np.random.default_rng(5)
-    out = reduce_feature_maps([rng.normal(size=(8, 3, 4)), rng.normal(size=(4, 6, 8))], ["deep", "fine"],
-                              "pca", "shared")
+    out = reduce_feature_maps(
+        [rng.normal(size=(8, 3, 4)), rng.normal(size=(4, 6, 8))], ["deep", "fine"], "pca", "shared"
+    )
     assert [m.rgb.shape for m in out] == [(3, 4, 3), (6, 8, 3)]
 
 
@@ -242,7 +245,10 @@ def test_reduce_feature_maps_topk_returns_the_strongest_channels_in_order():
     fmap[4, 0, 0] = 1.0
     out = reduce_feature_maps([fmap, fmap], ["x", "y"], "topk", "per-map", "magma", k=2)
     assert [m.caption for m in out] == [
-        "x · channel 3 (#1)", "x · channel 1 (#2)", "y · channel 3 (#1)", "y · channel 1 (#2)",
+        "x · channel 3 (#1)",
+        "x · channel 1 (#2)",
+        "y · channel 3 (#1)",
+        "y · channel 1 (#2)",
     ]
 
 
@@ -291,16 +297,23 @@ def test_change_mask_and_change_map_paint_changed_pixels_in_their_new_colour():
 
 
 def _diagram(ablated=None, cascade="4"):
-    levels = [DiagramLevel(4, 24, (60, 80)), DiagramLevel(8, 32, (30, 40)), DiagramLevel(16, 96, (15, 20)),
-              DiagramLevel(32, 320, (8, 10))]
+    levels = [
+        DiagramLevel(4, 24, (60, 80)),
+        DiagramLevel(8, 32, (30, 40)),
+        DiagramLevel(16, 96, (15, 20)),
+        DiagramLevel(32, 320, (8, 10)),
+    ]
     if cascade == "4":
-        blocks = [DiagramBlock("RefineNet-4", 32, (32,), (512, 8, 10)),
-                  DiagramBlock("RefineNet-3", 16, (16,), (256, 15, 20)),
-                  DiagramBlock("RefineNet-2", 8, (8,), (256, 30, 40)),
-                  DiagramBlock("RefineNet-1", 4, (4,), (256, 60, 80))]
+        blocks = [
+            DiagramBlock("RefineNet-4", 32, (32,), (512, 8, 10)),
+            DiagramBlock("RefineNet-3", 16, (16,), (256, 15, 20)),
+            DiagramBlock("RefineNet-2", 8, (8,), (256, 30, 40)),
+            DiagramBlock("RefineNet-1", 4, (4,), (256, 60, 80)),
+        ]
     else:
-        blocks = [DiagramBlock("RefineNet-1", 4, (4, 8, 16, 32), (256, 60, 80), adapt_rcus=0, output_rcus=0,
-                               kernel_size=1)]
+        blocks = [
+            DiagramBlock("RefineNet-1", 4, (4, 8, 16, 32), (256, 60, 80), adapt_rcus=0, output_rcus=0, kernel_size=1)
+        ]
     return architecture_svg((240, 320), "mobilenetv2", levels, blocks, 11, (60, 80), (480, 640), ablated)
 
 
@@ -313,9 +326,21 @@ def test_architecture_svg_is_valid_and_carries_this_runs_shapes():
     svg = _diagram()
     root = ET.fromstring(svg)
     texts = " | ".join(e.text or "" for e in root.iter() if e.tag.endswith("text"))
-    for expected in ("RefineNet-4", "RefineNet-3", "RefineNet-2", "RefineNet-1", "out 512×8×10",
-                     "out 256×60×80", "mobilenetv2 · 1/32", "320×8×10", "3×240×320", "11×60×80", "CRP×4",
-                     "RCU×2", "prediction 480×640"):
+    for expected in (
+        "RefineNet-4",
+        "RefineNet-3",
+        "RefineNet-2",
+        "RefineNet-1",
+        "out 512×8×10",
+        "out 256×60×80",
+        "mobilenetv2 · 1/32",
+        "320×8×10",
+        "3×240×320",
+        "11×60×80",
+        "CRP×4",
+        "RCU×2",
+        "prediction 480×640",
+    ):
         assert expected in texts, expected
     # 4 backbone steps + 4 level-to-block paths + 3 coarse paths + 1 into the classifier, none dashed.
     lines = _lines(svg)

@@ -72,8 +72,9 @@ def test_check_flags_a_bundled_copy_with_the_wrong_hash(tmp_path, monkeypatch, c
     monkeypatch.setitem(zoo.MODELS, "checked", entry)
     assert cli_main(["models", "--check"]) == 1
     assert "BAD checked" in capsys.readouterr().out
-    fixed = zoo.ZooEntry("checked", "t", "refinenet", "mobilenetv2", "d", ("a",), sha256=zoo.hash_folder(folder),
-                         bundled=True)
+    fixed = zoo.ZooEntry(
+        "checked", "t", "refinenet", "mobilenetv2", "d", ("a",), sha256=zoo.hash_folder(folder), bundled=True
+    )
     monkeypatch.setitem(zoo.MODELS, "checked", fixed)
     assert cli_main(["models", "--check"]) == 0
 

@@ -17,11 +17,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("source", metavar="SRC", type=Path, help="legacy checkpoint (.pth, .pth.tar)")
     parser.add_argument("--out", "-o", type=Path, required=True, help="output model folder")
-    parser.add_argument("--format", "-f", default="auto", choices=["auto", *FORMATS],
-                        help="source layout (default: detect from the keys)")
-    parser.add_argument("--class-names", default=None,
-                        help="comma-separated class names, or a text file with one name per line "
-                             "(default: the PASCAL VOC names for 21-class models)")
+    parser.add_argument(
+        "--format",
+        "-f",
+        default="auto",
+        choices=["auto", *FORMATS],
+        help="source layout (default: detect from the keys)",
+    )
+    parser.add_argument(
+        "--class-names",
+        default=None,
+        help="comma-separated class names, or a text file with one name per line "
+        "(default: the PASCAL VOC names for 21-class models)",
+    )
     parser.add_argument("--dataset", default=None, help="training dataset to record in the model card")
     parser.add_argument("--overwrite", action="store_true", help="replace the files of an existing folder")
 
@@ -39,16 +47,26 @@ def run(args: argparse.Namespace) -> int:
     from refinenet.convert import ConversionError, convert_checkpoint
 
     try:
-        conversion = convert_checkpoint(args.source, args.out, args.format, class_names=_class_names(args.class_names),
-                                        dataset=args.dataset, overwrite=args.overwrite)
+        conversion = convert_checkpoint(
+            args.source,
+            args.out,
+            args.format,
+            class_names=_class_names(args.class_names),
+            dataset=args.dataset,
+            overwrite=args.overwrite,
+        )
     except (ConversionError, FileExistsError, ValueError) as error:
         print(f"error: cannot convert {args.source}: {error}", file=sys.stderr)
         return 1
     config = conversion.config
-    print(f"converted {args.source} ({conversion.format.name}: {config.architecture}, {config.backbone}, "
-          f"{config.num_classes} classes, {len(conversion.state_dict)} tensors) -> {args.out}")
+    print(
+        f"converted {args.source} ({conversion.format.name}: {config.architecture}, {config.backbone}, "
+        f"{config.num_classes} classes, {len(conversion.state_dict)} tensors) -> {args.out}"
+    )
     for note in conversion.notes:
         print(f"  {note}")
-    print("The authors' weights are for non-commercial use; the model card says so. "
-          f"Publish with: refinenet push {args.out} --repo-id ORG/NAME")
+    print(
+        "The authors' weights are for non-commercial use; the model card says so. "
+        f"Publish with: refinenet push {args.out} --repo-id ORG/NAME"
+    )
     return 0

@@ -27,10 +27,15 @@ from torch.utils.data import Subset
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="zoo id, Hub repo id or local model folder")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="dataset root folder (default: the dataset's folder in ../shared/data)")
-    parser.add_argument("--dataset", choices=["camvid", "folders", "voc2007-pseudo"], default=None,
-                        help="dataset layout (default: camvid if DATA has a testannot/ folder, else folders)")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="dataset root folder (default: the dataset's folder in ../shared/data)"
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=["camvid", "folders", "voc2007-pseudo"],
+        default=None,
+        help="dataset layout (default: camvid if DATA has a testannot/ folder, else folders)",
+    )
     parser.add_argument("--split", default="test", help="split name, e.g. test, val, or train+val")
     parser.add_argument("--scales", default="1", help="comma-separated input scales, e.g. 0.75,1,1.25")
     parser.add_argument("--flip", action="store_true", help="also average over horizontal flips")
@@ -39,9 +44,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--confusion", type=Path, default=None, help="write a confusion-matrix PNG here")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    parser.add_argument("--every", type=int, default=1, metavar="N",
-                        help="evaluate every N-th image of the split, in file order (default 1: all); a quick "
-                             "sample, e.g. of the training photos to see how closely a model fits them")
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="evaluate every N-th image of the split, in file order (default 1: all); a quick "
+        "sample, e.g. of the training photos to see how closely a model fits them",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,16 +86,28 @@ def run(args: argparse.Namespace) -> int:
     ignore = args.ignore_index if args.ignore_index is not None else config.ignore_index
     names = config.class_names or [str(i) for i in range(config.num_classes)]
     result = evaluate_model(model, dataset, config.num_classes, ignore, names, scales, args.flip, device)
-    result.update({"model": str(args.model), "dataset": kind, "data": str(args.data), "split": args.split,
-                   "every": args.every, "ignore_index": ignore})
+    result.update(
+        {
+            "model": str(args.model),
+            "dataset": kind,
+            "data": str(args.data),
+            "split": args.split,
+            "every": args.every,
+            "ignore_index": ignore,
+        }
+    )
     width = max(len(n) for n in names)
     for name, iou in result["per_class_iou"].items():
         print(f"  {name:<{width}}  {'-' if iou is None else f'{iou:5.1f}'}")
-    print(f"mIoU {result['mIoU']:.2f}  pixel accuracy {result['pixel_accuracy']:.2f}  "
-          f"({result['images']} images, scales {scales}, flip {args.flip})")
+    print(
+        f"mIoU {result['mIoU']:.2f}  pixel accuracy {result['pixel_accuracy']:.2f}  "
+        f"({result['images']} images, scales {scales}, flip {args.flip})"
+    )
     if "found" in result:
-        print(f"found {result['found']:.1f}% of {result['boxes']} human boxes ({result['found_small']:.1f}% of the "
-              f"{result['small_boxes']} small ones); outside {result['outside']:.1f}% of object pixels")
+        print(
+            f"found {result['found']:.1f}% of {result['boxes']} human boxes ({result['found_small']:.1f}% of the "
+            f"{result['small_boxes']} small ones); outside {result['outside']:.1f}% of object pixels"
+        )
     if args.out:
         write_results(result, args.out)
     if args.confusion:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hash", metavar="FOLDER", help="print the sha256 of FOLDER/model.safetensors")
-    parser.add_argument("--check", action="store_true",
-                        help="verify the sha256 of every bundled copy present against the zoo")
+    parser.add_argument(
+        "--check", action="store_true", help="verify the sha256 of every bundled copy present against the zoo"
+    )
 
 
 def describe(entry, override: str | Path | None = None) -> str:

@@ -56,19 +56,36 @@ def _max_side(text: str) -> int:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", type=Path, help="image files to segment")
-    parser.add_argument("--model", "-m", default=None,
-                        help="a model folder (config.json + model.safetensors), a zoo id or a Hub repo id "
-                             "(default: the zoo's first model, the one the app opens with; "
-                             "`refinenet models` lists them)")
-    parser.add_argument("--out", "-o", type=Path, default=Path("predictions"),
-                        help="output folder (created if needed; default: ./predictions)")
+    parser.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="a model folder (config.json + model.safetensors), a zoo id or a Hub repo id "
+        "(default: the zoo's first model, the one the app opens with; "
+        "`refinenet models` lists them)",
+    )
+    parser.add_argument(
+        "--out",
+        "-o",
+        type=Path,
+        default=Path("predictions"),
+        help="output folder (created if needed; default: ./predictions)",
+    )
     parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (CUDA, then MPS, then CPU)")
-    parser.add_argument("--scales", type=_scales, default=(1.0,),
-                        help="test-time scales, comma-separated, e.g. 0.75,1,1.25 (default: 1)")
+    parser.add_argument(
+        "--scales",
+        type=_scales,
+        default=(1.0,),
+        help="test-time scales, comma-separated, e.g. 0.75,1,1.25 (default: 1)",
+    )
     parser.add_argument("--flip", action="store_true", help="also segment the mirrored image and average")
-    parser.add_argument("--max-side", type=_max_side, default=None,
-                        help="downscale images whose long side exceeds this before the network "
-                             "(default: 1024 or the model's input size; 0: never)")
+    parser.add_argument(
+        "--max-side",
+        type=_max_side,
+        default=None,
+        help="downscale images whose long side exceeds this before the network "
+        "(default: 1024 or the model's input size; 0: never)",
+    )
     parser.add_argument("--alpha", type=_alpha, default=0.5, help="opacity of the labels in the overlay (0..1)")
 
 
@@ -99,8 +116,7 @@ def run(args: argparse.Namespace) -> int:
         args.model = list_pretrained()[0].model_id
     try:
         model = _load_model(args.model)
-        segmenter = Segmenter(model, device=args.device, max_side=args.max_side, scales=args.scales,
-                              flip=args.flip)
+        segmenter = Segmenter(model, device=args.device, max_side=args.max_side, scales=args.scales, flip=args.flip)
     except (OSError, ValueError, RuntimeError, TypeError) as error:
         print(f"error: cannot load the model {args.model!r}: {error}", file=sys.stderr)
         return 1
@@ -113,8 +129,9 @@ def run(args: argparse.Namespace) -> int:
     palette = segmenter.palette
     failed = 0
     stems = output_stems(args.images)
-    for path, stem in tqdm(list(zip(args.images, stems, strict=True)), desc="segmenting", unit="image",
-                           file=sys.stderr):
+    for path, stem in tqdm(
+        list(zip(args.images, stems, strict=True)), desc="segmenting", unit="image", file=sys.stderr
+    ):
         try:
             result = segmenter.predict(path)
             label_map_to_png(result.label_map, palette).save(args.out / f"{stem}_labels.png")

@@ -13,8 +13,9 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", metavar="FOLDER", type=Path, help="model folder (config.json, model.safetensors, "
-                                                                    "README.md)")
+    parser.add_argument(
+        "folder", metavar="FOLDER", type=Path, help="model folder (config.json, model.safetensors, README.md)"
+    )
     parser.add_argument("--repo-id", required=True, help="target repository, ORG/NAME")
     parser.add_argument("--revision", default=None, help="branch to push to (created if missing; default: main)")
     parser.add_argument("--private", action="store_true", default=None, help="create the repository as private")
@@ -30,14 +31,23 @@ def run(args: argparse.Namespace) -> int:
     from refinenet.hub import push_to_hub
 
     try:
-        result = push_to_hub(args.folder, args.repo_id, revision=args.revision, private=args.private,
-                             token=args.token, commit_message=args.message, dry_run=args.dry_run)
+        result = push_to_hub(
+            args.folder,
+            args.repo_id,
+            revision=args.revision,
+            private=args.private,
+            token=args.token,
+            commit_message=args.message,
+            dry_run=args.dry_run,
+        )
     except (WeightsError, ValueError, OSError, HfHubHTTPError) as error:
         print(f"error: cannot push {args.folder}: {error}", file=sys.stderr)
         return 1
     if result.dry_run:
-        print(f"dry run: would upload {', '.join(result.files)} from {args.folder} to {result.repo_id} "
-              f"(branch {result.revision}); model.safetensors sha256 {result.sha256}")
+        print(
+            f"dry run: would upload {', '.join(result.files)} from {args.folder} to {result.repo_id} "
+            f"(branch {result.revision}); model.safetensors sha256 {result.sha256}"
+        )
         return 0
     print(f"pushed {args.folder} to {result.repo_id}@{result.revision}: commit {result.commit}")
     if result.url:

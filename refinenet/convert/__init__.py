@@ -96,7 +96,10 @@ def convert_state_dict(
     config.license = AUTHORS_LICENSE
     config.description = f"Converted from {source_format.origin}. {AUTHORS_LICENSE_TEXT}"
     state_dict = apply_key_map(
-        source, tensor_shapes(config), source_format.key_rule, source_format.value_rule,
+        source,
+        tensor_shapes(config),
+        source_format.key_rule,
+        source_format.value_rule,
         source_name=f"{source_format.name} checkpoint",
     )
     return Conversion(source_format, config, state_dict, notes)
@@ -131,8 +134,13 @@ def convert_checkpoint(
         "notes": conversion.notes,
     }
     save_pretrained(
-        conversion.state_dict, out, conversion.config, overwrite=overwrite, provenance=provenance,
-        license_name=AUTHORS_LICENSE_NAME, license_text=AUTHORS_LICENSE_TEXT,
+        conversion.state_dict,
+        out,
+        conversion.config,
+        overwrite=overwrite,
+        provenance=provenance,
+        license_name=AUTHORS_LICENSE_NAME,
+        license_text=AUTHORS_LICENSE_TEXT,
     )
     return conversion
 

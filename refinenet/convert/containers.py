@@ -44,8 +44,10 @@ def _is_zip(path: Path) -> bool:
 
 
 def _is_tensor_dict(obj: object) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
     )
 
 
@@ -78,7 +80,7 @@ def strip_data_parallel_prefix(state_dict: dict[str, Tensor], notes: list[str] |
         return state_dict
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
-        name = key[len(DATA_PARALLEL_PREFIX):] if key.startswith(DATA_PARALLEL_PREFIX) else key
+        name = key[len(DATA_PARALLEL_PREFIX) :] if key.startswith(DATA_PARALLEL_PREFIX) else key
         if name in out:
             raise ConversionError(f"the key {name!r} appears both with and without the 'module.' prefix")
         out[name] = value

@@ -74,9 +74,7 @@ def apply_key_map(
         if items
     ]
     if problems:
-        raise ConversionError(
-            f"the {source_name} does not map completely onto the model:\n" + "\n".join(problems)
-        )
+        raise ConversionError(f"the {source_name} does not map completely onto the model:\n" + "\n".join(problems))
     return produced
 
 

@@ -79,11 +79,13 @@ def crp_order(params: Mapping[str, object]) -> str:
     return "conv-pool" if any("_poolprev_relu_varout_pb1" in k for k in params) else "pool-conv"
 
 
-def convert_refine_part(params: Mapping[str, np.ndarray | Tensor], backbone: str = "resnet101",
-                        num_classes: int = 21) -> dict[str, Tensor]:
+def convert_refine_part(
+    params: Mapping[str, np.ndarray | Tensor], backbone: str = "resnet101", num_classes: int = 21
+) -> dict[str, Tensor]:
     """Map the refinement-part parameters onto our ``refine*`` tensors, checked totally."""
-    config = RefineNetConfig(backbone=backbone, num_classes=num_classes, crp_order=crp_order(params),
-                             mean=MATLAB_MEAN, std=MATLAB_STD)
+    config = RefineNetConfig(
+        backbone=backbone, num_classes=num_classes, crp_order=crp_order(params), mean=MATLAB_MEAN, std=MATLAB_STD
+    )
     targets = {k: v for k, v in tensor_shapes(config).items() if k.startswith("refine")}
     tensors = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in params.items()}
     return apply_key_map(tensors, targets, key_rule, value_rule, source_name="MATLAB refinement part")
@@ -103,8 +105,10 @@ def read_matconvnet(path: str | Path) -> dict[str, np.ndarray]:
     net = data.get("net")
     params = getattr(net.flat[0], "params", None) if isinstance(net, np.ndarray) and net.size else None
     if params is None:
-        raise ConversionError(f"{path} has no net.params (a MatConvNet DagNN model); its variables: "
-                              f"{', '.join(k for k in data if not k.startswith('__'))}")
+        raise ConversionError(
+            f"{path} has no net.params (a MatConvNet DagNN model); its variables: "
+            f"{', '.join(k for k in data if not k.startswith('__'))}"
+        )
     return {str(np.asarray(p.name).flat[0]): np.asarray(p.value) for p in params.flat}
 
 
@@ -122,5 +126,13 @@ def convert_matlab_file(path: str | Path) -> dict[str, Tensor]:
     )
 
 
-__all__ = ["MATLAB_MEAN", "MATLAB_STD", "convert_matlab_file", "convert_refine_part", "crp_order", "key_rule",
-           "read_matconvnet", "value_rule"]
+__all__ = [
+    "MATLAB_MEAN",
+    "MATLAB_STD",
+    "convert_matlab_file",
+    "convert_refine_part",
+    "crp_order",
+    "key_rule",
+    "read_matconvnet",
+    "value_rule",
+]

@@ -8,8 +8,27 @@ from ..visualize import pascal_voc_palette
 
 # PASCAL VOC 2012 class order (index 0 is background), the order every VOC-21 checkpoint uses.
 VOC_CLASSES = [
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 ]
 
 AUTHORS_LICENSE = "other"
@@ -21,8 +40,9 @@ AUTHORS_LICENSE_TEXT = (
 )
 
 
-def dataset_metadata(num_classes: int, class_names: list[str] | None = None,
-                     dataset: str | None = None) -> dict[str, Any]:
+def dataset_metadata(
+    num_classes: int, class_names: list[str] | None = None, dataset: str | None = None
+) -> dict[str, Any]:
     """Class names, palette and dataset for a converted model.
 
     A 21-class head is the PASCAL VOC layout of every published PyTorch checkpoint; other class

@@ -34,13 +34,17 @@ _BACKBONE = re.compile(r"^(conv1|bn1|layer[1-4])\.(.+)$")
 _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^p_ims1d2_outl(\d)_dimred\.weight$"), "refine{b}.adapt.0.project.0.weight"),
     (re.compile(r"^adapt_stage(\d)_b\.0\.(\d)_conv\.(weight|bias)$"), "refine{b}.adapt.0.rcus.{i}.conv1.{p}"),
-    (re.compile(r"^adapt_stage(\d)_b\.0\.(\d)_conv_relu_varout_dimred\.weight$"),
-     "refine{b}.adapt.0.rcus.{i}.conv2.weight"),
+    (
+        re.compile(r"^adapt_stage(\d)_b\.0\.(\d)_conv_relu_varout_dimred\.weight$"),
+        "refine{b}.adapt.0.rcus.{i}.conv2.weight",
+    ),
     (re.compile(r"^adapt_stage(\d)_b2_joint_varout_dimred\.weight$"), "refine{b}.fusion.convs.0.weight"),
     (re.compile(r"^mflow_conv_g(\d)_pool\.0\.(\d)_outvar_dimred\.weight$"), "refine{b}.crp.stages.{i}.weight"),
     (re.compile(r"^mflow_conv_g(\d)_b\.0\.(\d)_conv\.(weight|bias)$"), "refine{b}.output_rcus.{i}.conv1.{p}"),
-    (re.compile(r"^mflow_conv_g(\d)_b\.0\.(\d)_conv_relu_varout_dimred\.weight$"),
-     "refine{b}.output_rcus.{i}.conv2.weight"),
+    (
+        re.compile(r"^mflow_conv_g(\d)_b\.0\.(\d)_conv_relu_varout_dimred\.weight$"),
+        "refine{b}.output_rcus.{i}.conv2.weight",
+    ),
     # The coarse-path conv belongs to the next (finer) block's fusion: b = 4 - k, not 5 - k.
     (re.compile(r"^mflow_conv_g(\d)_b3_joint_varout_dimred\.weight$"), "refine{next}.fusion.convs.1.weight"),
     (re.compile(r"^clf_conv\.(weight|bias)$"), "classifier.{p0}"),
@@ -87,9 +91,7 @@ def _matches(state_dict: StateDict) -> bool:
 def _infer_config(state_dict: StateDict, architecture: str) -> RefineNetConfig:
     blocks = _count(state_dict, r"^layer3\.(\d+)\.")
     if blocks not in _DEPTH_BY_LAYER3:
-        raise ConversionError(
-            f"layer3 has {blocks} blocks; expected 6, 23 or 36 (ResNet-50, -101 or -152)"
-        )
+        raise ConversionError(f"layer3 has {blocks} blocks; expected 6, 23 or 36 (ResNet-50, -101 or -152)")
     try:
         dimred = [state_dict[f"p_ims1d2_outl{k}_dimred.weight"] for k in range(1, 5)]
     except KeyError as error:

@@ -32,10 +32,32 @@ from refinenet.hub import save_pretrained
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
-                  "Pedestrian", "Bicyclist"]
-CAMVID_PALETTE = [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
-                  [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]]
+CAMVID_CLASSES = [
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
+]
+CAMVID_PALETTE = [
+    [128, 128, 128],
+    [128, 0, 0],
+    [192, 192, 128],
+    [128, 64, 128],
+    [60, 40, 222],
+    [128, 128, 0],
+    [192, 128, 128],
+    [64, 64, 128],
+    [64, 0, 128],
+    [64, 64, 0],
+    [0, 128, 192],
+]
 INPUT_SIZE = 256  # the model's long-side cap: small images, fast network runs
 STARTUP_TIMEOUT_S = 180
 
@@ -46,8 +68,9 @@ GRID_CELL = re.compile(r'<img class="(map|photo)" alt="([^"]*)" src="data:image/
 def grid_items(grid) -> list[tuple[Image.Image, str]]:
     """(picture, caption) pairs of a picture-grid output (the HTML, or an update dict holding it)."""
     html = grid["value"] if isinstance(grid, dict) else grid
-    return [(Image.open(io.BytesIO(base64.b64decode(data))), unescape(alt))
-            for _, alt, _, data in GRID_CELL.findall(html)]
+    return [
+        (Image.open(io.BytesIO(base64.b64decode(data))), unescape(alt)) for _, alt, _, data in GRID_CELL.findall(html)
+    ]
 
 
 def _shared_fixtures():
@@ -61,8 +84,13 @@ def _shared_fixtures():
 
 def make_app_model_folder(folder: Path) -> Path:
     torch.manual_seed(0)
-    model = refinenet.refinenet_mobilenetv2(num_classes=11, widths=[32, 16, 16, 16], class_names=CAMVID_CLASSES,
-                                            palette=CAMVID_PALETTE, input_size=INPUT_SIZE)
+    model = refinenet.refinenet_mobilenetv2(
+        num_classes=11,
+        widths=[32, 16, 16, 16],
+        class_names=CAMVID_CLASSES,
+        palette=CAMVID_PALETTE,
+        input_size=INPUT_SIZE,
+    )
     model = _shared_fixtures().calibrate_batch_norm(model)
     with torch.no_grad():
         torch.nn.init.normal_(model.classifier.weight, std=0.5)
@@ -119,9 +147,22 @@ def start_app(model_folder: Path, log: Path, extra_env: dict[str, str] | None = 
     env.update(extra_env or {})
     handle = log.open("w")
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "app.py"), "--model", str(model_folder), "--host", "127.0.0.1",
-         "--port", str(port), "--device", "cpu"],
-        cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            str(REPO / "app.py"),
+            "--model",
+            str(model_folder),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
     )
     handle.close()
     server = AppServer(f"http://127.0.0.1:{port}", process, log)

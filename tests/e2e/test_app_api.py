@@ -70,7 +70,9 @@ def test_segment_renders_every_panel(client):
         assert name in out["legend"]
     stages = items(out["stages"])
     assert [caption.split(" · ")[:2] for _, caption in stages] == [
-        ["RefineNet-4", "stride 32"], ["RefineNet-3", "stride 16"], ["RefineNet-2", "stride 8"],
+        ["RefineNet-4", "stride 32"],
+        ["RefineNet-3", "stride 16"],
+        ["RefineNet-2", "stride 8"],
         ["RefineNet-1", "stride 4"],
     ]
     # 640 x 480 capped to 256 x 192: RefineNet-1 is 16 x 48 x 64 (stride 4), RefineNet-4 32 x 6 x 8.
@@ -152,11 +154,15 @@ def test_no_image_gives_a_readable_message(client):
     assert "No image yet" in app_error(client, None, api_name="/segment")
 
 
-@pytest.mark.parametrize("content, expected", [
-    (b"this is a text file, not a picture", "not an image file"),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "cannot be used as an image"),
-    (b"", "empty"),
-], ids=["text", "broken-png-header", "empty-file"])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"this is a text file, not a picture", "not an image file"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "cannot be used as an image"),
+        (b"", "empty"),
+    ],
+    ids=["text", "broken-png-header", "empty-file"],
+)
 def test_corrupt_files_give_readable_messages(client, tmp_path, content, expected):
     path = tmp_path / "upload.png"
     path.write_bytes(content)
@@ -177,8 +183,11 @@ def _file(path: Path):
     return handle_file(str(path))
 
 
-@pytest.mark.parametrize("mode, size", [("RGB", (1, 1)), ("L", (96, 64)), ("RGBA", (80, 60)), ("I;16", (70, 50))],
-                         ids=["1x1", "grayscale", "rgba", "16-bit"])
+@pytest.mark.parametrize(
+    "mode, size",
+    [("RGB", (1, 1)), ("L", (96, 64)), ("RGBA", (80, 60)), ("I;16", (70, 50))],
+    ids=["1x1", "grayscale", "rgba", "16-bit"],
+)
 def test_odd_images_are_segmented(client, tmp_path, mode, size):
     path = tmp_path / f"odd-{mode.replace(';', '')}.png"
     if mode == "I;16":

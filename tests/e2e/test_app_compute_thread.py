@@ -48,8 +48,11 @@ def test_every_network_run_happens_on_the_compute_thread(app_module, app_model_f
     segmenter.model.forward = recording_forward
     compute_thread = demo_app.compute.run(threading.get_ident)
     with ThreadPoolExecutor(max_workers=3) as gradio_like_workers:
-        results = list(gradio_like_workers.map(
-            lambda _: SegmentOutputs(*demo_app.segment(str(EXAMPLE), None, *VIEW_OPTIONS)).state, range(3)))
+        results = list(
+            gradio_like_workers.map(
+                lambda _: SegmentOutputs(*demo_app.segment(str(EXAMPLE), None, *VIEW_OPTIONS)).state, range(3)
+            )
+        )
         ablated = gradio_like_workers.submit(demo_app.ablate, results[0], "1/32", 0.55).result()
     demo_app.segment(str(EXAMPLE), None, *VIEW_OPTIONS)  # and from the test's own thread
 
@@ -71,7 +74,17 @@ def test_the_segment_events_return_the_named_outputs_in_order(app_module, app_mo
     assert [c._id for c in segment.outputs] == [c._id for c in on_change.outputs]
     assert len(segment.outputs) == len(names) and type(segment.outputs[0]).__name__ == "State"
     by_elem_id = {c.elem_id: names[i] for i, c in enumerate(segment.outputs) if c.elem_id}
-    assert by_elem_id == {"overlay": "overlay", "legend": "legend", "confidence": "confidence",
-                          "label-png": "label_png", "stages": "stages", "crp-block": "crp_block", "crp": "crp",
-                          "ablated": "ablated", "changes": "changes", "ablation-path": "path",
-                          "architecture": "architecture", "timing": "timing"}
+    assert by_elem_id == {
+        "overlay": "overlay",
+        "legend": "legend",
+        "confidence": "confidence",
+        "label-png": "label_png",
+        "stages": "stages",
+        "crp-block": "crp_block",
+        "crp": "crp",
+        "ablated": "ablated",
+        "changes": "changes",
+        "ablation-path": "path",
+        "architecture": "architecture",
+        "timing": "timing",
+    }

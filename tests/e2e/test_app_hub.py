@@ -20,8 +20,12 @@ def test_a_hub_repo_id_is_downloaded_and_used(app_model_folder, tmp_path):
 
     with LocalHub() as hub:
         hub.add_repo("lab/tiny-camvid", app_model_folder)
-        env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"),
-               "HF_HUB_DISABLE_TELEMETRY": "1"}
+        env = {
+            "HF_HUB_OFFLINE": "0",
+            "HF_ENDPOINT": hub.url,
+            "HF_HOME": str(tmp_path / "hf-home"),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+        }
         server = start_app(app_model_folder, tmp_path / "app.log", extra_env=env)
         try:
             client = Client(server.url, verbose=False, download_files=str(tmp_path / "downloads"))
@@ -32,7 +36,8 @@ def test_a_hub_repo_id_is_downloaded_and_used(app_model_folder, tmp_path):
 
             example = REPO / "assets" / "synthetic-street-day.jpg"
             out = SegmentOutputs.from_client(
-                client.predict(handle_file(str(example)), "lab/tiny-camvid", api_name="/segment"))
+                client.predict(handle_file(str(example)), "lab/tiny-camvid", api_name="/segment")
+            )
             assert "model `lab/tiny-camvid`" in out["timing"]
             assert Image.open(out["label_png"]).size == Image.open(example).size
 

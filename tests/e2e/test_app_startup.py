@@ -17,11 +17,22 @@ pytestmark = pytest.mark.e2e
 def run_app(args: list[str], tmp_path) -> subprocess.CompletedProcess:
     empty = tmp_path / "empty"
     empty.mkdir(exist_ok=True)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"), REFINENET_WEIGHTS_DIR=str(empty),
-               GRADIO_ANALYTICS_ENABLED="False")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf-home"),
+        REFINENET_WEIGHTS_DIR=str(empty),
+        GRADIO_ANALYTICS_ENABLED="False",
+    )
     env.pop("REFINENET_APP_MODEL", None)
-    return subprocess.run([sys.executable, str(REPO / "app.py"), "--port", "0", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, str(REPO / "app.py"), "--port", "0", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_no_loadable_model_stops_the_app_with_a_clear_message(tmp_path):

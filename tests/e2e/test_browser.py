@@ -20,8 +20,16 @@ from .conftest import REPO
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TIMEOUT_MS = 120_000
 
 LOADED_IMAGES = """(selector) => Array.from(document.querySelectorAll(selector + ' img'))
@@ -37,7 +45,10 @@ def page(app_server, tmp_path):
 
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            str(tmp_path / "chromium-profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
             viewport={"width": 1400, "height": 1000},
         )
         try:
@@ -65,8 +76,12 @@ def test_upload_renders_every_panel(page, artifacts):
 
     wait_for_images(page, "#overlay", 1)
     stages = wait_for_images(page, "#stages", 4)
-    assert [caption.split(" · ")[0] for caption in stages] == ["RefineNet-4", "RefineNet-3", "RefineNet-2",
-                                                               "RefineNet-1"]
+    assert [caption.split(" · ")[0] for caption in stages] == [
+        "RefineNet-4",
+        "RefineNet-3",
+        "RefineNet-2",
+        "RefineNet-1",
+    ]
     crp = wait_for_images(page, "#crp", 10)
     assert crp[0].startswith("input") and crp[5].startswith("windows")
     wait_for_images(page, "#confidence", 1)
@@ -78,20 +93,22 @@ def test_upload_renders_every_panel(page, artifacts):
     row.hover()
     page.wait_for_function("(m) => parseFloat(getComputedStyle(m).opacity) > 0.8", arg=mask.element_handle())
     # Feature maps arrive with one pixel per cell and are enlarged without smoothing.
-    assert page.evaluate("() => getComputedStyle(document.querySelector('#stages img')).imageRendering") \
-        == "pixelated"
+    assert page.evaluate("() => getComputedStyle(document.querySelector('#stages img')).imageRendering") == "pixelated"
     assert page.locator("#architecture svg").count() == 1
     assert "RefineNet-4" in page.locator("#architecture").inner_text()
-    overlay_size = page.evaluate("() => { const i = document.querySelector('#overlay img');"
-                                 " return [i.naturalWidth, i.naturalHeight]; }")
+    overlay_size = page.evaluate(
+        "() => { const i = document.querySelector('#overlay img'); return [i.naturalWidth, i.naturalHeight]; }"
+    )
     assert overlay_size == [640, 480]
 
     # A view option re-renders the panels (from the session cache).
     before = page.evaluate("() => Array.from(document.querySelectorAll('#stages img')).map(i => i.src)")
     page.get_by_text("channel L2 norm", exact=True).click()
-    page.wait_for_function("(old) => { const now = Array.from(document.querySelectorAll('#stages img'))"
-                           ".map(i => i.src); return now.length === 4 && now.every((s, k) => s !== old[k]); }",
-                           arg=before)
+    page.wait_for_function(
+        "(old) => { const now = Array.from(document.querySelectorAll('#stages img'))"
+        ".map(i => i.src); return now.length === 4 && now.every((s, k) => s !== old[k]); }",
+        arg=before,
+    )
     # Switching the 1/32 path off runs the network again and paints what changed.
     page.locator("#ablation-path").get_by_text("1/32", exact=True).click()
     wait_for_images(page, "#ablated", 1)
