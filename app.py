@@ -3,6 +3,11 @@
     python app.py                              # the first zoo model that loads, on the GPU if any
     python app.py --model path/to/folder       # any model folder in the project's format, or a Hub repo id
     REFINENET_APP_MODEL=org/name python app.py
+    python app.py --public --allow-repo org/name   # hosting mode (the default on a Hugging Face Space)
+
+In hosting mode (:class:`refinenet.serving.HostingPolicy`) visitors choose among the zoo's models
+and the allowed Hub repos only, uploads and photos are bounded, and each visitor sees only the
+models they loaded themselves.
 
 This file is the user interface only: layout, events and the messages users read. The network
 runs in :mod:`refinenet.inference`, the panels are computed by :mod:`refinenet.demo` and
@@ -15,26 +20,37 @@ the session (``gr.State``).
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import functools
 import importlib.util
 import os
+import shutil
+import signal
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-import gradio as gr
-import numpy as np
-from PIL import Image
+# Everything this process writes (Gradio's upload cache, the app's pictures and label maps) goes
+# into one folder of its own, removed when the process ends: a public server must not fill its
+# disk with what strangers uploaded. Set before Gradio is imported, which reads it then.
+RUN_DIR = Path(tempfile.mkdtemp(prefix="refinenet-app-"))
+os.environ.setdefault("GRADIO_TEMP_DIR", str(RUN_DIR / "gradio"))
+atexit.register(shutil.rmtree, RUN_DIR, ignore_errors=True)
 
-from refinenet import demo, widgets, zoo
-from refinenet.demo import SegmentOutputs
-from refinenet.examples import EXAMPLE_SETS
-from refinenet.images import ImageLoadError
-from refinenet.serving import ComputeThread, SegmenterCache, release_memory
-from refinenet.visualize import COLORMAPS, REDUCTIONS, SCALINGS
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from refinenet import demo, widgets, zoo  # noqa: E402
+from refinenet.demo import SegmentOutputs  # noqa: E402
+from refinenet.examples import EXAMPLE_SETS  # noqa: E402
+from refinenet.hub import from_pretrained  # noqa: E402
+from refinenet.images import ImageLoadError  # noqa: E402
+from refinenet.serving import REFUSAL, ComputeThread, HostingPolicy, SegmenterCache, release_memory  # noqa: E402
+from refinenet.visualize import COLORMAPS, REDUCTIONS, SCALINGS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ASSETS = HERE / "assets"
@@ -48,6 +64,10 @@ STATE_TTL_SECONDS = 15 * 60
 TRIM_AFTER_PIXELS = 4_000_000
 # Label-map PNGs written for download are removed after this long.
 DOWNLOAD_TTL_SECONDS = 60 * 60
+# The app's own files (pictures and label maps) never take more than this; the oldest go first.
+DOWNLOADS_MAX_BYTES = 256 * 1024**2
+# Gradio's upload cache is swept this often of files older than this, and emptied at shutdown.
+UPLOAD_CACHE_SWEEP = (10 * 60, 30 * 60)
 # Pictures for the photo-like panels are written by the app (see DemoApp.picture) into its
 # download folder, which Gradio serves as a static path: no copy into Gradio's cache per picture
 # (hashing, copying and path checks for every file), and the folder is pruned, where Gradio's
@@ -180,11 +200,24 @@ def on_compute_thread(handler):
 class DemoApp:
     """The model cache, the download folder and the event handlers of one running demo."""
 
-    def __init__(self, default_model: str | None = None, device: str | None = None) -> None:
+    def __init__(
+        self, default_model: str | None = None, device: str | None = None, policy: HostingPolicy | None = None
+    ) -> None:
+        self.policy = policy or HostingPolicy()
         self.compute = ComputeThread()
-        self.models = SegmenterCache(device=device)
-        self.downloads = Path(tempfile.mkdtemp(prefix="refinenet-app-"))
+        # The operator's choice of default model (--model) is trusted and may be any folder;
+        # what visitors type is checked against the policy in segmenter_for before it gets here.
+        self.models = SegmenterCache(loader=self._load, device=device, max_pixels=self.policy.max_pixels)
+        self.downloads = Path(tempfile.mkdtemp(prefix="files-", dir=RUN_DIR))
+        self.operator_model = default_model
         self.default_model, self.startup_notes = self.compute.run(self._choose_default, default_model)
+        self.models.pin(self.default_model)
+
+    def _load(self, name: str):
+        """Load for the cache: names are read as paths only in local mode or for the operator's
+        own --model; in hosting mode a zoo id or allowed repo id never touches the disk."""
+        local = not self.policy.public or name == self.operator_model
+        return from_pretrained(name, allow_local=local, max_weight_bytes=self.policy.max_weight_bytes)
 
     # -- models -------------------------------------------------------------------------------
 
@@ -209,27 +242,42 @@ class DemoApp:
             + f"\nGive one explicitly: python app.py --model FOLDER_OR_REPO_ID (or set {MODEL_ENV})."
         )
 
-    def model_choices(self) -> list[str]:
+    def model_choices(self, session_models: list[str] | None = None) -> list[str]:
+        """The zoo, the default model and the models this visitor loaded (never another's)."""
         names = [entry.model_id for entry in zoo.list_pretrained()]
-        for name in [self.default_model, *self.models.loaded()]:
+        for name in [self.default_model, *(session_models or [])]:
             if name not in names:
                 names.append(name)
         return names
 
     def segmenter_for(self, name: str | None):
-        name = (name or self.default_model).strip()
+        name = str(name or self.default_model).strip()
+        if name != self.default_model and not self.policy.admits(name):
+            raise user_error(REFUSAL, title="Model not available")
         try:
             return name, self.models.get(name)
         except Exception as error:
-            raise user_error(f"The model {name!r} could not be loaded: {error}", title="Model not available") from error
+            shown = name if len(name) <= 100 else name[:97] + "..."
+            raise user_error(
+                f"The model {shown!r} could not be loaded: {self.policy.explain(error)}", title="Model not available"
+            ) from error
 
     @on_compute_thread
-    def load_model(self, name: str, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
-        """Load a zoo model, Hub repo id or local model folder, and make it the selected model."""
-        name = (name or "").strip()
+    def load_model(
+        self,
+        name: str,
+        session_models: list[str] | None = None,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's idiom)
+    ):
+        """Load a zoo model, Hub repo id or (locally) a model folder, and make it the selected model."""
+        name = str(name or "").strip()
         if not name:
-            raise user_error("Type a Hub repo id (ORG/NAME) or the path of a model folder first.")
-        progress(0, desc=f"Loading {name} …")
+            raise user_error(
+                "Type a Hub repo id (ORG/NAME) first."
+                if self.policy.public
+                else "Type a Hub repo id (ORG/NAME) or the path of a model folder first."
+            )
+        progress(0, desc="Loading …")
         tick = time.perf_counter()
         segmenter = self.segmenter_for(name)[1]
         config = segmenter.config
@@ -239,7 +287,8 @@ class DemoApp:
             f"{classes}; runs at {segmenter.max_side} px, on {segmenter.device.type}; "
             f"loaded in {time.perf_counter() - tick:.1f} s)."
         )
-        return gr.Dropdown(choices=self.model_choices(), value=name), status
+        session_models = [n for n in (session_models or []) if n != name] + [name]
+        return gr.Dropdown(choices=self.model_choices(session_models), value=name), status, session_models
 
     @on_compute_thread
     def layout_for(self, name: str):
@@ -250,14 +299,25 @@ class DemoApp:
     # -- segmentation -------------------------------------------------------------------------
 
     def _prune_downloads(self) -> None:
+        """Remove files past their time to live, then the oldest until the folder fits its bound."""
         now = time.time()
+        kept = []
         for pattern, ttl in (("labels-*.png", DOWNLOAD_TTL_SECONDS), ("view-*", PICTURE_TTL_SECONDS)):
             for path in self.downloads.glob(pattern):
                 try:
-                    if path.stat().st_mtime < now - ttl:
+                    stat = path.stat()
+                    if stat.st_mtime < now - ttl:
                         path.unlink()
+                    else:
+                        kept.append((stat.st_mtime, stat.st_size, path))
                 except OSError:
                     pass
+        total = sum(size for _, size, _ in kept)
+        for _, size, path in sorted(kept, key=lambda item: item[0]):
+            if total <= DOWNLOADS_MAX_BYTES:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
 
     def picture(self, array: np.ndarray) -> str:
         """Write a photo-like panel (overlay, confidence, ablation) as a JPEG; return its path.
@@ -455,7 +515,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
     reduction_choices = [(label, key) for key, label in REDUCTIONS.items()]
     scaling_choices = [(label, key) for key, label in SCALINGS.items()]
     gr.set_static_paths([app.downloads])  # see PICTURE_TTL_SECONDS
-    with gr.Blocks(title="RefineNet: multi-path refinement, live") as blocks:
+    with gr.Blocks(title="RefineNet: multi-path refinement, live", delete_cache=UPLOAD_CACHE_SWEEP) as blocks:
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
@@ -483,8 +543,14 @@ def build_demo(app: DemoApp) -> gr.Blocks:
                         elem_id="model-choice",
                     )
                     custom = gr.Textbox(
-                        label="…or a Hugging Face repo id (ORG/NAME) or a local model folder",
-                        placeholder="org/refinenet-model  or  /path/to/folder",
+                        label=(
+                            "…or one of the Hugging Face repos this demo allows (ORG/NAME)"
+                            if app.policy.public
+                            else "…or a Hugging Face repo id (ORG/NAME) or a local model folder"
+                        ),
+                        placeholder="org/refinenet-model"
+                        if app.policy.public
+                        else "org/refinenet-model  or  /path/to/folder",
                     )
                     load_button = gr.Button("Load model")
                     model_status = gr.Markdown(
@@ -560,6 +626,7 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         architecture = gr.HTML(elem_id="architecture")
 
         state = gr.State(None, time_to_live=STATE_TTL_SECONDS)
+        session_models = gr.State([])  # the models this visitor loaded: only they see them
 
         view_inputs = [opacity, reduction, scaling, colormap, top_k, crp_block]
         outputs = list(
@@ -605,12 +672,13 @@ def build_demo(app: DemoApp) -> gr.Blocks:
             api_name="ablate",
             **network_options,
         )
+        load_outputs = [model, model_status, session_models]
         load_button.click(
-            app.load_model, custom, [model, model_status], api_name="load_model", **network_options
+            app.load_model, [custom, session_models], load_outputs, api_name="load_model", **network_options
         ).success(app.layout_for, model, crp_block, api_visibility="private")
-        model.input(app.load_model, model, [model, model_status], api_visibility="private", **network_options).success(
-            app.layout_for, model, crp_block, api_visibility="private"
-        )
+        model.input(
+            app.load_model, [model, session_models], load_outputs, api_visibility="private", **network_options
+        ).success(app.layout_for, model, crp_block, api_visibility="private")
     return blocks
 
 
@@ -625,24 +693,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME"), help="address to listen on")
     parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--queue-size", type=int, default=32, help="requests waiting at most")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--public",
+        dest="public",
+        action="store_true",
+        default=None,
+        help="hosting mode: visitors load zoo models and --allow-repo repos only; uploads and photos are bounded "
+        "(the default when $SPACE_ID is set, i.e. on a Hugging Face Space)",
+    )
+    mode.add_argument("--local", dest="public", action="store_false", help="local mode even on a Space")
+    parser.add_argument(
+        "--allow-repo",
+        action="append",
+        default=[],
+        metavar="ORG/NAME",
+        help="a Hub repo visitors may load in hosting mode (repeat it; also $REFINENET_ALLOWED_REPOS, comma-separated)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    app = DemoApp(args.model, args.device)
+    policy = HostingPolicy.from_environment(args.public, args.allow_repo)
+    # A stop request (SIGTERM from a Space or a service manager) ends the process like Ctrl-C, so
+    # the app's files and Gradio's upload cache are removed on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    app = DemoApp(args.model, args.device, policy)
     blocks = build_demo(app)
     blocks.queue(default_concurrency_limit=4, max_size=args.queue_size)
     mcp = importlib.util.find_spec("mcp") is not None  # gradio[mcp] installed: also serve the tools
-    blocks.launch(
-        server_name=args.host,
-        server_port=args.port,
-        show_error=False,
-        mcp_server=mcp or None,
-        allowed_paths=[str(ASSETS)],
-        footer_links=["api", "gradio", "settings"],
-        css=widgets.PICTURE_GRID_CSS,
-    )
+    print(f"hosting mode: {'public' if policy.public else 'local'}", flush=True)
+    try:
+        blocks.launch(
+            server_name=args.host,
+            server_port=args.port,
+            show_error=False,
+            mcp_server=mcp or None,
+            allowed_paths=[str(ASSETS)],
+            footer_links=["api", "gradio", "settings"],
+            css=widgets.PICTURE_GRID_CSS,
+            max_file_size=policy.max_upload_bytes,
+        )
+    finally:
+        blocks.close()
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,30 @@ CASCADES: dict[str, tuple[tuple[int, ...], ...]] = {
 }
 
 ARCHITECTURES = ("refinenet", "lw-refinenet")
+BACKBONE_NAMES = ("resnet50", "resnet101", "resnet152", "mobilenetv2", "mobilenetv2-lw-authors")
+CRP_ORDERS = ("pool-conv", "conv-pool")
+ACTIVATIONS = ("relu", "relu6")
+
+# What a config.json may ask for. Every published RefineNet layout fits well inside these bounds
+# (widths up to 512, 4 CRP stages, 2 and 3 RCUs, 21 or 150 classes); a file outside them is a
+# mistake or an attack, and is refused before anything is built or allocated: a config is the
+# first thing read from an untrusted model folder or Hub repository.
+LIMITS: dict[str, tuple[int, int]] = {
+    "num_classes": (1, 1024),
+    "widths": (1, 2048),
+    "crp_stages": (0, 8),
+    "kernel_size": (1, 7),
+    "adapt_rcus": (0, 8),
+    "output_rcus": (0, 8),
+    "input_size": (32, 2048),
+}
+MAX_TEXT = 2_000  # characters of a description, a class name, a licence or a data set name
+MAX_CONFIG_BYTES = 256 * 1024  # config.json files are a few kilobytes
+
+
+class ConfigError(ValueError):
+    """A config.json that cannot describe a model: the message names the field and stays short
+    (it is shown to whoever typed the model's name)."""
 
 
 def resolve_cascade(cascade: str | Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
@@ -82,16 +106,54 @@ class RefineNetConfig:
     backbone_init: str = ""
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {self.architecture!r}; expected one of {ARCHITECTURES}")
-        self.cascade = [list(b) for b in resolve_cascade(self.cascade)]
-        self.widths = [int(w) for w in self.widths]
-        if len(self.widths) != len(self.cascade):
-            raise ValueError(f"{len(self.cascade)} blocks need {len(self.cascade)} widths, got {self.widths}")
-        if self.class_names is not None and len(self.class_names) != self.num_classes:
-            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
-        if self.palette is not None and len(self.palette) < self.num_classes:
-            raise ValueError(f"the palette has {len(self.palette)} colours for {self.num_classes} classes")
+        _check_choice("architecture", self.architecture, ARCHITECTURES)
+        _check_choice("backbone", self.backbone, BACKBONE_NAMES)
+        _check_choice("crp_order", self.crp_order, CRP_ORDERS)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        if not isinstance(self.cascade, str) and not _is_list(self.cascade, 4):
+            raise ConfigError("cascade: expected a cascade name or at most 4 lists of backbone levels")
+        try:
+            self.cascade = [list(b) for b in resolve_cascade(self.cascade)]
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"cascade: {_short(error)}") from None
+        if not _is_list(self.widths, len(self.cascade)) or len(self.widths) != len(self.cascade):
+            raise ConfigError(f"widths: {len(self.cascade)} blocks need {len(self.cascade)} widths")
+        self.widths = [_bounded(f"widths[{i}]", w, "widths") for i, w in enumerate(self.widths)]
+        for name in ("num_classes", "crp_stages", "kernel_size", "adapt_rcus", "output_rcus", "input_size"):
+            setattr(self, name, _bounded(name, getattr(self, name), name))
+        if self.kernel_size % 2 == 0:
+            raise ConfigError(f"kernel_size: must be odd (the decoder pads by half), not {self.kernel_size}")
+        if not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout: must be a number in [0, 1), not {_short(self.dropout)}")
+        for name in ("fuse_backbone_conv", "align_corners"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: must be true or false")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not _is_list(values, 3) or len(values) != 3 or not all(isinstance(v, int | float) for v in values):
+                raise ConfigError(f"{name}: must be three numbers (R, G, B)")
+        if not all(v > 0 for v in self.std):
+            raise ConfigError("std: every value must be positive")
+        if self.class_names is not None:
+            if not _is_list(self.class_names, self.num_classes) or len(self.class_names) != self.num_classes:
+                raise ConfigError(f"class_names: {self.num_classes} classes need {self.num_classes} names")
+            if not all(isinstance(n, str) and len(n) <= MAX_TEXT for n in self.class_names):
+                raise ConfigError("class_names: every name must be a short text")
+        if self.palette is not None:
+            if not _is_list(self.palette, 4096) or len(self.palette) < self.num_classes:
+                raise ConfigError(f"palette: {self.num_classes} classes need {self.num_classes} colours")
+            if not all(_is_colour(c) for c in self.palette):
+                raise ConfigError("palette: every colour must be three whole numbers 0..255")
+        if self.ignore_index is not None and (
+            not isinstance(self.ignore_index, int) or not -1 <= self.ignore_index <= 65535
+        ):
+            raise ConfigError("ignore_index: must be a whole number 0..65535 or null")
+        for name in ("description", "backbone_init", "license"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT):
+                raise ConfigError(f"{name}: must be a text of at most {MAX_TEXT} characters")
+        if not _is_list(self.datasets, 64) or not all(isinstance(d, str) and len(d) <= MAX_TEXT for d in self.datasets):
+            raise ConfigError("datasets: must be a list of at most 64 short texts")
 
     @property
     def block_names(self) -> list[str]:
@@ -104,10 +166,13 @@ class RefineNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RefineNetConfig:
+        if not isinstance(data, dict):
+            raise ConfigError("config.json must hold a JSON object")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k)[:40] for k in set(data) - known)
         if unknown:
-            raise ValueError(f"config.json has unknown fields: {', '.join(unknown)}")
+            more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
+            raise ConfigError(f"config.json has unknown fields: {', '.join(unknown[:3])}{more}")
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
@@ -115,4 +180,41 @@ class RefineNetConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RefineNetConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a config.json, refusing files too large to be one before parsing them."""
+        path = Path(path)
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config.json is {path.stat().st_size:,} bytes; a config holds a few kilobytes")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"config.json is not valid JSON ({_short(error)})") from None
+        return cls.from_dict(data)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_list(value: object, most: int) -> bool:
+    return isinstance(value, list | tuple) and len(value) <= most
+
+
+def _is_colour(value: object) -> bool:
+    return (
+        _is_list(value, 3)
+        and len(value) == 3  # type: ignore[arg-type]
+        and all(isinstance(c, int) and 0 <= c <= 255 for c in value)  # type: ignore[union-attr]
+    )
+
+
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}: {_short(value)!r} is not one of {', '.join(choices)}")
+
+
+def _bounded(name: str, value: object, limit: str) -> int:
+    low, high = LIMITS[limit]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{name}: must be a whole number from {low} to {high}, not {_short(value)}")
+    return value

@@ -14,7 +14,9 @@ It knows nothing of the zoo or the Hub; those build on it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -30,6 +32,11 @@ from .models import RefineNet, build_model, count_parameters
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
+# Loading refuses weights above this many bytes unless told otherwise: far above every RefineNet
+# (ResNet-152 RefineNet in fp32 is about 0.55 GB), far below what would take a machine down.
+DEFAULT_MAX_WEIGHT_BYTES = 4 * 1024**3
+# A safetensors header lists names, dtypes, shapes and offsets: kilobytes for any RefineNet.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 
 
 class WeightsError(RuntimeError):
@@ -67,6 +74,10 @@ class ModelNotFoundError(WeightsError, LookupError):
         super().__init__(f"could not load {name!r}; tried:\n{tried}")
 
 
+class TooLargeError(WeightsError):
+    """Weights larger than the loader accepts, refused before they are allocated or read."""
+
+
 class BundledFallbackWarning(UserWarning):
     """The Hub copy of a zoo model was wanted but unavailable; the bundled copy is used."""
 
@@ -95,6 +106,60 @@ def tensor_shapes(model_or_config: nn.Module | RefineNetConfig) -> dict[str, tor
     """Name -> shape of every tensor of a model's state dict (of the config's model, for a config)."""
     model = skeleton(model_or_config) if isinstance(model_or_config, RefineNetConfig) else model_or_config
     return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def weight_bytes(config: RefineNetConfig) -> int:
+    """The bytes of the config's weights in fp32, worked out on the meta device (no allocation):
+    what loading the model will cost at least, known before any tensor is read or downloaded."""
+    return sum(t.numel() * 4 for t in skeleton(config).state_dict().values() if t.is_floating_point())
+
+
+def check_weight_budget(config: RefineNetConfig, max_bytes: int) -> None:
+    """Refuse a config whose weights would take more than ``max_bytes`` (fp32)."""
+    needed = weight_bytes(config)
+    if needed > max_bytes:
+        raise TooLargeError(
+            f"the model's weights take {needed / 1e6:,.0f} MB; this loader accepts at most {max_bytes / 1e6:,.0f} MB"
+        )
+
+
+def safetensors_data_bytes(path: str | Path, max_bytes: int) -> int:
+    """Read a safetensors file's header (not its data) and return the bytes of tensor data it
+    declares, refusing a header or a declared size above the limits and a file whose length
+    does not match its header: what the file claims is checked before it is memory-mapped."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as stream:
+        prefix = stream.read(8)
+        if len(prefix) < 8:
+            raise WeightsError(f"{path.name} is not a readable safetensors file (shorter than its header)")
+        (header_length,) = struct.unpack("<Q", prefix)
+        if header_length > min(MAX_HEADER_BYTES, size - 8):
+            raise WeightsError(
+                f"{path.name} is not a readable safetensors file (its header length is {header_length:,})"
+            )
+        try:
+            header = json.loads(stream.read(header_length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise WeightsError(f"{path.name} is not a readable safetensors file (unreadable header)") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path.name} is not a readable safetensors file (unreadable header)")
+    declared = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise WeightsError(f"{path.name} is not a readable safetensors file (tensor {str(name)[:40]!r})")
+        declared = max(declared, offsets[1])
+    if declared > max_bytes:
+        raise TooLargeError(
+            f"{path.name} declares {declared / 1e6:,.0f} MB of tensors; this loader accepts at most "
+            f"{max_bytes / 1e6:,.0f} MB"
+        )
+    if 8 + header_length + declared != size:
+        raise WeightsError(f"{path.name} is truncated or padded: its header does not match its length")
+    return declared
 
 
 def check_state_dict(expected: Mapping[str, torch.Size], state_dict: Mapping[str, Tensor], where: str = "") -> None:
@@ -200,10 +265,16 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def load_folder(
-    folder: str | Path, *, sha256: str | None = None, device: str | torch.device | None = None
+    folder: str | Path,
+    *,
+    sha256: str | None = None,
+    device: str | torch.device | None = None,
+    max_weight_bytes: int = DEFAULT_MAX_WEIGHT_BYTES,
 ) -> RefineNet:
     """Load a model folder strictly, in eval mode. ``sha256`` (of model.safetensors) is checked
-    first when given."""
+    first when given. The config is validated and the weights' size worked out from it, and the
+    safetensors header read, before a tensor is allocated or the file mapped; either above
+    ``max_weight_bytes`` is refused (:class:`TooLargeError`)."""
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     for path in (config_path, weights_path):
@@ -219,6 +290,8 @@ def load_folder(
         config = RefineNetConfig.load(config_path)
     except (ValueError, TypeError) as error:
         raise WeightsError(f"{config_path} is not a valid RefineNet config: {error}") from error
+    check_weight_budget(config, max_weight_bytes)
+    safetensors_data_bytes(weights_path, max_weight_bytes)
     try:
         state_dict = load_file(str(weights_path))
     except (SafetensorError, OSError) as error:
@@ -237,13 +310,17 @@ __all__ = [
     "IntegrityError",
     "ModelNotFoundError",
     "StrictLoadError",
+    "TooLargeError",
     "WeightsError",
     "check_state_dict",
+    "check_weight_budget",
     "load_folder",
     "load_state_dict_strict",
     "model_from_state_dict",
     "save_pretrained",
+    "safetensors_data_bytes",
     "sha256_file",
     "skeleton",
     "tensor_shapes",
+    "weight_bytes",
 ]

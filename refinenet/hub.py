@@ -10,6 +10,12 @@ everywhere else in the Hugging Face tools), the copy bundled with the package, a
 error listing everything it tried. Weights are checked against the zoo's sha256 (or, for other
 repos, against the sha256 the Hub reports for LFS files) before use; a copy that fails the check
 is removed from the cache so that it cannot be picked up again.
+
+Nothing large is fetched blind: a download reads the weights' size from the Hub's metadata and
+fetches and validates ``config.json`` first, so a repository whose config asks for an absurd
+model, or whose weights exceed ``max_weight_bytes``, is refused before its weights are
+downloaded. ``allow_local=False`` never reads the name as a path (a server that resolves names
+typed by strangers must not reveal what its disk holds).
 """
 
 from __future__ import annotations
@@ -21,8 +27,16 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import torch
-from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub import (
+    HfApi,
+    constants,
+    get_hf_file_metadata,
+    hf_hub_download,
+    hf_hub_url,
+    try_to_load_from_cache,
+)
 from huggingface_hub.errors import (
     HfHubHTTPError,
     LocalEntryNotFoundError,
@@ -33,15 +47,20 @@ from huggingface_hub.errors import (
 from torch import nn
 
 from . import zoo
+from .config import MAX_CONFIG_BYTES, ConfigError, RefineNetConfig
 from .folder import (
     CARD_NAME,
     CONFIG_NAME,
+    DEFAULT_MAX_WEIGHT_BYTES,
+    MAX_HEADER_BYTES,
     WEIGHTS_NAME,
     BundledFallbackWarning,
     IntegrityError,
     ModelNotFoundError,
     StrictLoadError,
+    TooLargeError,
     WeightsError,
+    check_weight_budget,
     load_folder,
     save_pretrained,
     sha256_file,
@@ -118,6 +137,10 @@ def _from_cache(
     return Path(weights).parent, sha
 
 
+class _Unreachable(Exception):
+    """No Hub answered at the endpoint (the server is not a Hub, or not there)."""
+
+
 def _download(
     repo_id: str,
     revision: str,
@@ -128,28 +151,40 @@ def _download(
     force_download: bool,
     expected: str | None,
     attempts: list[str],
+    max_weight_bytes: int,
 ) -> tuple[Path, str] | None:
+    """Config first, weights last: the weights' metadata pins the commit and gives their size,
+    the config (a few kilobytes) is fetched and validated, and only a model within the budget
+    has its weights downloaded."""
     where = endpoint or constants.ENDPOINT
+    options = dict(cache_dir=cache_dir, endpoint=endpoint, token=token, force_download=force_download)
     try:
-        weights = hf_hub_download(
-            repo_id,
-            WEIGHTS_NAME,
-            revision=revision,
-            cache_dir=cache_dir,
-            endpoint=endpoint,
-            token=token,
-            force_download=force_download,
+        try:
+            meta = get_hf_file_metadata(
+                hf_hub_url(repo_id, WEIGHTS_NAME, revision=revision, endpoint=endpoint), token=token, endpoint=endpoint
+            )
+        except (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError):
+            raise
+        except HfHubHTTPError as error:  # an answer without the Hub's error codes: not a Hub there
+            raise _Unreachable(str(error).splitlines()[0]) from error
+        commit = meta.commit_hash or revision
+        config_meta = get_hf_file_metadata(
+            hf_hub_url(repo_id, CONFIG_NAME, revision=commit, endpoint=endpoint), token=token, endpoint=endpoint
         )
-        commit = Path(weights).parent.name  # snapshots/<commit>/model.safetensors: pin the config to it
-        hf_hub_download(
-            repo_id,
-            CONFIG_NAME,
-            revision=commit,
-            cache_dir=cache_dir,
-            endpoint=endpoint,
-            token=token,
-            force_download=force_download,
-        )
+        if config_meta.size is not None and config_meta.size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config.json is {config_meta.size:,} bytes; a config holds a few kilobytes")
+        config_path = hf_hub_download(repo_id, CONFIG_NAME, revision=commit, **options)
+        check_weight_budget(RefineNetConfig.load(config_path), max_weight_bytes)
+        if meta.size is not None and meta.size > max_weight_bytes + MAX_HEADER_BYTES:
+            raise TooLargeError(
+                f"{WEIGHTS_NAME} is {meta.size / 1e6:,.0f} MB; this loader accepts at most "
+                f"{max_weight_bytes / 1e6:,.0f} MB"
+            )
+        # By the revision asked for, so the cache records it (refs/<branch>) for offline use.
+        weights = hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision, **options)
+        if Path(weights).parent.name != commit:
+            attempts.append(f"Hub download: {repo_id}@{revision} changed while it was being downloaded; try again")
+            return None
     except RepositoryNotFoundError:
         attempts.append(
             f"Hub download: {where} has no repository {repo_id} (private and gated repositories "
@@ -168,6 +203,9 @@ def _download(
             "safetensors model folders are loaded; convert legacy .pth files with `refinenet convert`)"
         )
         return None
+    except (httpx.TransportError, _Unreachable) as error:
+        attempts.append(f"Hub download: {where} could not be reached ({error.__cause__ or error})")
+        return None
     except (HfHubHTTPError, OSError) as error:
         attempts.append(f"Hub download: {repo_id}@{revision} from {where} failed: {error}")
         return None
@@ -184,16 +222,20 @@ def resolve_pretrained(
     token: str | bool | None = None,
     weights_dir: str | Path | None = None,
     force_download: bool = False,
+    allow_local: bool = True,
+    max_weight_bytes: int = DEFAULT_MAX_WEIGHT_BYTES,
 ) -> ResolvedModel:
     """Find the model folder for ``name`` (local folder, zoo model id, or Hub repo id).
 
     See the module docstring for the order. Raises :class:`IntegrityError` when a downloaded or
-    bundled file fails its sha256 check and :class:`ModelNotFoundError` when nothing works.
+    bundled file fails its sha256 check, :class:`ModelNotFoundError` when nothing works, and
+    :class:`~refinenet.config.ConfigError` or :class:`TooLargeError` for a Hub model refused
+    before its weights were downloaded. ``allow_local=False`` skips the local-folder step.
     """
     name = str(name)
-    if Path(name).is_dir():
+    if allow_local and Path(name).is_dir():
         return ResolvedModel(Path(name), "local folder")
-    if Path(name).is_file():
+    if allow_local and Path(name).is_file():
         raise WeightsError(
             f"{name} is a file; from_pretrained takes a model folder (config.json + "
             "model.safetensors), a zoo id or a Hub repo id. Convert legacy checkpoints with "
@@ -218,7 +260,7 @@ def resolve_pretrained(
     expected = entry.sha256 if entry is not None else None
     rev = revision or (entry.revision if entry is not None else None) or constants.DEFAULT_REVISION
     cache = str(cache_dir) if cache_dir is not None else None
-    attempts: list[str] = [] if entry is not None else [f"local folder: {name} does not exist"]
+    attempts: list[str] = [] if entry is not None or not allow_local else [f"local folder: {name} does not exist"]
     if repo_id is None:
         attempts.append("Hub: skipped, the model is not published yet (no repo id in the zoo)")
     else:
@@ -239,6 +281,7 @@ def resolve_pretrained(
                 force_download=force_download,
                 expected=expected,
                 attempts=attempts,
+                max_weight_bytes=max_weight_bytes,
             )
             if found:
                 return ResolvedModel(
@@ -280,11 +323,14 @@ def from_pretrained(
     weights_dir: str | Path | None = None,
     force_download: bool = False,
     device: str | torch.device | None = None,
+    allow_local: bool = True,
+    max_weight_bytes: int = DEFAULT_MAX_WEIGHT_BYTES,
 ) -> RefineNet:
     """A ready model (eval mode, whatever its class) from a folder, zoo id or Hub repo id.
 
     The returned model carries ``weights_source`` (a :class:`ResolvedModel`) saying where its
-    weights came from.
+    weights came from. ``allow_local=False`` never treats ``name`` as a path; weights above
+    ``max_weight_bytes`` are refused before they are downloaded or read.
     """
     resolved = resolve_pretrained(
         name,
@@ -294,8 +340,10 @@ def from_pretrained(
         token=token,
         weights_dir=weights_dir,
         force_download=force_download,
+        allow_local=allow_local,
+        max_weight_bytes=max_weight_bytes,
     )
-    model = load_folder(resolved.folder, device=device)
+    model = load_folder(resolved.folder, device=device, max_weight_bytes=max_weight_bytes)
     model.weights_source = resolved
     return model
 

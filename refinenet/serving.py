@@ -7,21 +7,30 @@ one-shot script never meets; this module holds what pays it:
 
 - :class:`ComputeThread` runs all torch work on one long-lived thread;
 - :class:`SegmenterCache` keeps the most recently used models loaded, each loaded once;
-- :func:`release_memory` hands freed heap memory back to the operating system.
+- :func:`release_memory` hands freed heap memory back to the operating system;
+- :class:`HostingPolicy` says what strangers may ask a public server to load and send.
 """
 
 from __future__ import annotations
 
 import contextvars
 import ctypes
+import os
+import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
 
+from . import zoo
+from .config import ConfigError
+from .folder import DEFAULT_MAX_WEIGHT_BYTES, IntegrityError, ModelNotFoundError, TooLargeError, WeightsError
+from .hub import from_pretrained
+from .images import DEFAULT_MAX_PIXELS
 from .inference import Segmenter
 
 R = TypeVar("R")
@@ -71,16 +80,25 @@ class SegmenterCache:
     """
 
     def __init__(
-        self, loader: Callable[[str], torch.nn.Module] | None = None, device: str | None = None, capacity: int = 3
+        self,
+        loader: Callable[[str], torch.nn.Module] | None = None,
+        device: str | None = None,
+        capacity: int = 3,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        if loader is None:
-            from .hub import from_pretrained as loader
-        self.loader = loader
+        self.loader = loader if loader is not None else from_pretrained
         self.device = device
+        self.max_pixels = max_pixels
         self.capacity = max(1, capacity)
         self._models: OrderedDict[str, Segmenter] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        self._pinned: set[str] = set()
+
+    def pin(self, name: str) -> None:
+        """Never evict ``name`` (the default model: models users load must not push it out)."""
+        with self._lock:
+            self._pinned.add(str(name).strip())
 
     def get(self, name: str) -> Segmenter:
         name = str(name).strip()
@@ -91,22 +109,114 @@ class SegmenterCache:
                 self._models.move_to_end(name)
                 return self._models[name]
             loading = self._loading.setdefault(name, threading.Lock())
-        with loading:  # one load per name; other models stay usable meanwhile
+        try:
+            with loading:  # one load per name; other models stay usable meanwhile
+                with self._lock:
+                    if name in self._models:
+                        return self._models[name]
+                model = self.loader(name)
+                segmenter = Segmenter(
+                    model, device=self.device, max_side=int(model.config.input_size), max_pixels=self.max_pixels
+                )
+                with self._lock:
+                    self._models[name] = segmenter
+                    evictable = [n for n in self._models if n not in self._pinned]
+                    while len(self._models) > self.capacity and evictable:
+                        del self._models[evictable.pop(0)]
+                return segmenter
+        finally:
+            # Loaded or failed, the name's lock is no longer needed: a server that kept one per
+            # name ever asked for would grow with every typo (or every attacker's string).
             with self._lock:
-                if name in self._models:
-                    return self._models[name]
-            model = self.loader(name)
-            segmenter = Segmenter(model, device=self.device, max_side=int(model.config.input_size))
-            with self._lock:
-                self._models[name] = segmenter
-                self._loading.pop(name, None)
-                while len(self._models) > self.capacity:
-                    self._models.popitem(last=False)
-            return segmenter
+                if self._loading.get(name) is loading and not loading.locked():
+                    del self._loading[name]
 
     def loaded(self) -> list[str]:
         with self._lock:
             return list(self._models)
+
+
+# Set by Hugging Face Spaces in every Space's environment: a running Space is public by default.
+SPACE_ENV = "SPACE_ID"
+ALLOWED_REPOS_ENV = "REFINENET_ALLOWED_REPOS"
+REFUSAL = "Only the models listed in the Model box can be loaded on this public demo."
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class HostingPolicy:
+    """What a server lets its users load and send.
+
+    ``public`` (a Space, or ``--public``): the model box takes zoo ids and the Hub repo ids of
+    ``allowed_repos`` only, compared as exact strings: user text is never read as a path, so the
+    server's disk is neither loaded from nor probed, and every refused name gets the same message
+    (:data:`REFUSAL`), so that no answer reveals anything. Local mode (``python app.py`` on a
+    laptop) loads any folder or Hub repo, which is what a developer wants there.
+    ``max_weight_bytes`` bounds a model before it is downloaded or read, ``max_pixels`` a photo
+    before it is decoded, and ``max_upload_bytes`` an upload before it is stored.
+    """
+
+    public: bool = False
+    allowed_repos: frozenset[str] = field(default_factory=frozenset)
+    max_weight_bytes: int = DEFAULT_MAX_WEIGHT_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_upload_bytes: int | None = None
+
+    @classmethod
+    def for_public(cls, allowed_repos: Iterable[str] = ()) -> HostingPolicy:
+        """The public defaults: weights up to 512 MB (every RefineNet but the ResNet-152 one), photos
+        up to 24 megapixels (a phone's; decoding one takes about a second on two cores), uploads
+        up to 25 MB."""
+        return cls(
+            public=True,
+            allowed_repos=frozenset(r.strip() for r in allowed_repos if r.strip()),
+            max_weight_bytes=512 * 1024**2,
+            max_pixels=24_000_000,
+            max_upload_bytes=25 * 1024**2,
+        )
+
+    @classmethod
+    def from_environment(cls, public: bool | None = None, allowed_repos: Iterable[str] = ()) -> HostingPolicy:
+        """Public on a Space unless ``public=False``; allowed repos from the argument and from
+        ``$REFINENET_ALLOWED_REPOS`` (comma-separated)."""
+        if public is None:
+            public = bool(os.environ.get(SPACE_ENV))
+        repos = [*allowed_repos, *os.environ.get(ALLOWED_REPOS_ENV, "").split(",")]
+        return cls.for_public(repos) if public else cls()
+
+    def admits(self, name: str) -> bool:
+        """Whether a user may ask for ``name``: anything in local mode; in public mode exactly a
+        zoo id or an allowed repo id (no paths, no control characters, nothing long)."""
+        if not self.public:
+            return True
+        if len(name) > 200 or _CONTROL.search(name):
+            return False
+        return name in zoo.MODELS or name in self.allowed_repos
+
+    def load(self, name: str) -> torch.nn.Module:
+        """Load ``name`` under this policy (the :class:`SegmenterCache` loader)."""
+        if not self.admits(name):
+            raise PermissionError(REFUSAL)
+        return from_pretrained(name, allow_local=not self.public, max_weight_bytes=self.max_weight_bytes)
+
+    def explain(self, error: BaseException) -> str:
+        """A short message for a failed load. Public servers say what was wrong with the model
+        (a config field, its size, its checksum) and never echo paths or library errors."""
+        cause = error.__cause__ if isinstance(error, WeightsError) and error.__cause__ else error
+        if isinstance(error, PermissionError):
+            return REFUSAL
+        if isinstance(cause, ConfigError):
+            return f"its config.json was refused: {cause}"
+        if isinstance(error, TooLargeError):
+            return str(error)
+        if not self.public:
+            text = str(error)
+            return text if len(text) <= 2000 else text[:1997] + "..."
+        if isinstance(error, IntegrityError):
+            return "its weights failed their checksum"
+        if isinstance(error, ModelNotFoundError):
+            return "it could not be found or downloaded"
+        return "it could not be loaded"
 
 
 def release_memory() -> None:

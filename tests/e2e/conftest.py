@@ -141,9 +141,14 @@ def _wait_until_serving(server: AppServer) -> None:
     raise RuntimeError(f"the app did not answer within {STARTUP_TIMEOUT_S} s:\n{server.log_tail()}")
 
 
-def start_app(model_folder: Path, log: Path, extra_env: dict[str, str] | None = None) -> AppServer:
+def start_app(
+    model_folder: Path, log: Path, extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None
+) -> AppServer:
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    # Importing app.py in this process pointed Gradio's cache into this process's own folder;
+    # each server gets its own (inside its TMPDIR).
+    env.pop("GRADIO_TEMP_DIR", None)
     env.update(extra_env or {})
     handle = log.open("w")
     process = subprocess.Popen(
@@ -158,6 +163,7 @@ def start_app(model_folder: Path, log: Path, extra_env: dict[str, str] | None = 
             str(port),
             "--device",
             "cpu",
+            *(extra_args or []),
         ],
         cwd=REPO,
         env=env,
