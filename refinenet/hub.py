@@ -89,7 +89,7 @@ def _purge_cached(path: str) -> None:
         Path(blob).unlink(missing_ok=True)
 
 
-def _verify_cached(path: str, expected: str | None, what: str) -> str | None:
+def _verify_cached(path: str, expected: str | None, what: str) -> str:
     """Check a cached weights file; on mismatch remove it and raise IntegrityError."""
     expected = expected or _blob_sha256(path)
     actual = sha256_file(path)
@@ -296,7 +296,7 @@ def from_pretrained(
         force_download=force_download,
     )
     model = load_folder(resolved.folder, device=device)
-    model.weights_source = resolved
+    model.weights_source = resolved  # type: ignore[assignment]  # Module.__setattr__ is typed for tensors and modules, stores any value
     return model
 
 

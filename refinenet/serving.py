@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -75,6 +75,7 @@ class SegmenterCache:
     ) -> None:
         if loader is None:
             from .hub import from_pretrained as loader
+        assert loader is not None  # mypy does not narrow through the import above
         self.loader = loader
         self.device = device
         self.capacity = max(1, capacity)
@@ -96,7 +97,7 @@ class SegmenterCache:
                 if name in self._models:
                     return self._models[name]
             model = self.loader(name)
-            segmenter = Segmenter(model, device=self.device, max_side=int(model.config.input_size))
+            segmenter = Segmenter(model, device=self.device, max_side=int(cast(Any, model).config.input_size))
             with self._lock:
                 self._models[name] = segmenter
                 self._loading.pop(name, None)
@@ -127,7 +128,7 @@ def release_memory() -> None:
         _malloc_trim(0)
 
 
-_malloc_trim = None
+_malloc_trim: Any = None  # libc's malloc_trim; False where there is none
 
 
 __all__ = [
