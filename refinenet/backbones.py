@@ -143,6 +143,8 @@ class AuthorsMobileNetV2Backbone(Backbone):
         (6, 320, 1, 1),
     )
 
+    layer2: nn.Sequential  # layer2..layer8 are set in __init__ with setattr
+
     def __init__(self) -> None:
         super().__init__()
         self.layer1 = _conv_bn(3, 32, 3, stride=2)

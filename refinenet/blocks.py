@@ -108,6 +108,7 @@ class MultiResolutionFusion(nn.Module):
             if p.shape[-2:] != (height, width):
                 p = F.interpolate(p, size=(height, width), mode="bilinear", align_corners=self.align_corners)
             fused = p if fused is None else fused + p
+        assert fused is not None  # two or more paths
         return fused
 
 

@@ -201,11 +201,9 @@ def _is_list(value: object, most: int) -> bool:
 
 
 def _is_colour(value: object) -> bool:
-    return (
-        _is_list(value, 3)
-        and len(value) == 3  # type: ignore[arg-type]
-        and all(isinstance(c, int) and 0 <= c <= 255 for c in value)  # type: ignore[union-attr]
-    )
+    if not isinstance(value, list | tuple) or len(value) != 3:
+        return False
+    return all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value)
 
 
 def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:

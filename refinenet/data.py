@@ -151,8 +151,8 @@ class TrainTransform:
         scale = rng.uniform(*self.scale_range)
         w, h = image.size
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        image = image.resize(size, Image.BILINEAR)
-        label = label.resize(size, Image.NEAREST)
+        image = image.resize(size, Image.Resampling.BILINEAR)
+        label = label.resize(size, Image.Resampling.NEAREST)
         x = to_tensor(image)
         y = torch.from_numpy(np.asarray(label, dtype=np.int64).copy())
         x, y = _pad_to(x, y, self.crop_size, self.ignore_index)

@@ -87,7 +87,7 @@ class DemoResult:
     logits: np.ndarray
     blocks: list[CachedBlock]
     levels: list[DiagramLevel]
-    block_layout: dict[str, dict[str, int]]
+    block_layout: dict[str, int]
     backbone: str
     label_png: Path
     seconds: dict[str, float]
@@ -143,6 +143,7 @@ def segment(
     height, width = result.label_map.shape
     display = fit_within((height, width), display_max_side)
     features = result.features
+    assert features is not None  # asked for with return_features=True
     blocks = []
     for block, levels in zip(features.blocks, features.block_levels, strict=True):
         blocks.append(
@@ -165,7 +166,7 @@ def segment(
         class_names=segmenter.class_names,
         palette=palette,
         original_size=(height, width),
-        input_size=tuple(result.input_size),
+        input_size=result.input_size,
         display_image=np.asarray(_resize_rgb(result.image, display)),
         display_labels=resize_nearest(result.label_map, display),
         display_confidence=np.asarray(
@@ -413,6 +414,7 @@ def ablated_labels(segmenter: Segmenter, work_image: Image.Image, stride: int) -
         raise ValueError(f"the path to switch off must be at stride 4, 8, 16 or 32, not {stride}")
     # The features (not just the labels) are asked for to get the class scores at 1/4.
     ablated = segmenter.predict(work_image, return_features=True, ablate_stride=stride)
+    assert ablated.features is not None  # asked for with return_features=True
     return labels_from_logits(ablated.features.logits[0].numpy(), (work_image.height, work_image.width))
 
 
@@ -458,13 +460,16 @@ def ablation_summary(result: DemoResult, before: np.ndarray, after: np.ndarray, 
 # Architecture
 
 
+def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    channels, height, width = (int(d) for d in shape)
+    return channels, height, width
+
+
 def render_architecture(result: DemoResult, ablated_stride: int | None = None) -> str:
     """The cascade as an SVG (inside a div), with this run's tensor shapes."""
     layout = result.block_layout
-    blocks = [
-        DiagramBlock(b.name, b.stride, b.levels, tuple(int(d) for d in b.output.shape), **layout) for b in result.blocks
-    ]
-    logits_size = tuple(int(d) for d in result.logits.shape[1:])
+    blocks = [DiagramBlock(b.name, b.stride, b.levels, _chw(b.output.shape), **layout) for b in result.blocks]
+    logits_size = (int(result.logits.shape[1]), int(result.logits.shape[2]))
     svg = architecture_svg(
         result.input_size,
         result.backbone,

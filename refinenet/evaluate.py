@@ -16,7 +16,7 @@ say whether the objects people outlined are there, and nothing is painted where 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +143,7 @@ def segment_logits(
                 logits = logits.flip(-1)
             probs = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False).softmax(1)
             total = probs if total is None else total + probs
+    assert total is not None, "no scales given"
     return total
 
 
@@ -161,6 +162,7 @@ def evaluate_model(
     """Evaluate on every image of ``dataset`` at its full resolution (batch 1, so frames of
     different sizes are fine). Returns :func:`metrics_from_confusion` plus the confusion matrix,
     and :meth:`BoxCounts.metrics` when the samples carry human boxes (``with_boxes``)."""
+    assert isinstance(dataset, Sized), "a map-style dataset, with a length"
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)

@@ -108,7 +108,7 @@ def _purge_cached(path: str) -> None:
         Path(blob).unlink(missing_ok=True)
 
 
-def _verify_cached(path: str, expected: str | None, what: str) -> str | None:
+def _verify_cached(path: str, expected: str | None, what: str) -> str:
     """Check a cached weights file; on mismatch remove it and raise IntegrityError."""
     expected = expected or _blob_sha256(path)
     actual = sha256_file(path)
@@ -157,7 +157,18 @@ def _download(
     the config (a few kilobytes) is fetched and validated, and only a model within the budget
     has its weights downloaded."""
     where = endpoint or constants.ENDPOINT
-    options = dict(cache_dir=cache_dir, endpoint=endpoint, token=token, force_download=force_download)
+
+    def fetch(filename: str, at: str) -> str:
+        return hf_hub_download(
+            repo_id,
+            filename,
+            revision=at,
+            cache_dir=cache_dir,
+            endpoint=endpoint,
+            token=token,
+            force_download=force_download,
+        )
+
     try:
         try:
             meta = get_hf_file_metadata(
@@ -173,7 +184,7 @@ def _download(
         )
         if config_meta.size is not None and config_meta.size > MAX_CONFIG_BYTES:
             raise ConfigError(f"config.json is {config_meta.size:,} bytes; a config holds a few kilobytes")
-        config_path = hf_hub_download(repo_id, CONFIG_NAME, revision=commit, **options)
+        config_path = fetch(CONFIG_NAME, commit)
         check_weight_budget(RefineNetConfig.load(config_path), max_weight_bytes)
         if meta.size is not None and meta.size > max_weight_bytes + MAX_HEADER_BYTES:
             raise TooLargeError(
@@ -181,7 +192,7 @@ def _download(
                 f"{max_weight_bytes / 1e6:,.0f} MB"
             )
         # By the revision asked for, so the cache records it (refs/<branch>) for offline use.
-        weights = hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision, **options)
+        weights = fetch(WEIGHTS_NAME, revision)
         if Path(weights).parent.name != commit:
             attempts.append(f"Hub download: {repo_id}@{revision} changed while it was being downloaded; try again")
             return None
@@ -344,7 +355,7 @@ def from_pretrained(
         max_weight_bytes=max_weight_bytes,
     )
     model = load_folder(resolved.folder, device=device, max_weight_bytes=max_weight_bytes)
-    model.weights_source = resolved
+    model.weights_source = resolved  # type: ignore[assignment]  # Module.__setattr__ is typed for tensors and modules, stores any value
     return model
 
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -244,21 +244,23 @@ class Segmenter:
                         scores = up if single_pass else up.softmax(dim=0)
                         if mirrored:
                             scores = scores.flip(-1)
-                        summed_scores[i] = scores if summed_scores[i] is None else summed_scores[i] + scores
+                        previous = summed_scores[i]
+                        summed_scores[i] = scores if previous is None else previous + scores
                     passes += 1
                     timing["postprocess"] += time.perf_counter() - tick
 
         tick = time.perf_counter()
         results = []
         for i, (rgb, summed) in enumerate(zip(images, summed_scores, strict=True)):
+            assert summed is not None  # every pass scored every image
             if single_pass:
                 # The top softmax probability is 1 / sum_c exp(l_c - l_max): no C x H x W softmax.
                 top, labels = summed.max(dim=0)
-                confidence = (summed - top).exp_().sum(dim=0).reciprocal_()
+                top_probability = (summed - top).exp_().sum(dim=0).reciprocal_()
             else:
-                confidence, labels = (summed / passes).max(dim=0)
+                top_probability, labels = (summed / passes).max(dim=0)
             label_map = labels.to(device="cpu", dtype=torch.uint8).numpy()
-            confidence = confidence.float().cpu().numpy()
+            confidence = top_probability.float().cpu().numpy()
             if work != (rgb.height, rgb.width):
                 label_map = np.asarray(Image.fromarray(label_map).resize(rgb.size, Image.Resampling.NEAREST))
                 confidence = np.asarray(
@@ -355,7 +357,8 @@ def predict(
     segmenter = Segmenter(model, **{k: kwargs.pop(k) for k in init_keys if k in kwargs})
     if isinstance(images, list | tuple):
         return [segmenter.predict(image, **kwargs) for image in images]
-    return segmenter.predict(images, **kwargs)
+    # Not a list or tuple: one image (a str or bytes is a Sequence too, but one image here).
+    return segmenter.predict(cast(ImageSource, images), **kwargs)
 
 
 __all__ = [

@@ -20,11 +20,12 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 from torch import Tensor, nn
 
 from .backbones import Backbone, build_backbone
-from .blocks import BlockFeatures, RefineNetBlock, conv
+from .blocks import Activation, BlockFeatures, CRPOrder, RefineNetBlock, conv
 from .config import LEVEL_STRIDES, RefineNetConfig, resolve_cascade
 
 
@@ -85,7 +86,7 @@ class RefineNet(nn.Module):
         self.backbone = backbone if backbone is not None else build_backbone(config.backbone)
         self.block_names = config.block_names
         self.block_levels = [tuple(sorted(levels)) for levels in config.cascade]  # finest first
-        coarse_channels = None
+        coarse_channels: int | None = None
         for name, levels, width in zip(self.block_names, self.block_levels, config.widths, strict=True):
             block = RefineNetBlock(
                 [self.backbone.channels_at(LEVEL_STRIDES[lv]) for lv in levels],
@@ -95,14 +96,16 @@ class RefineNet(nn.Module):
                 adapt_rcus=config.adapt_rcus,
                 output_rcus=config.output_rcus,
                 crp_stages=config.crp_stages,
-                crp_order=config.crp_order,
-                activation=config.activation,
+                # The config holds plain strings (from JSON); the block rejects unknown ones.
+                crp_order=cast(CRPOrder, config.crp_order),
+                activation=cast(Activation, config.activation),
                 fuse_backbone_conv=config.fuse_backbone_conv,
                 align_corners=config.align_corners,
             )
             self.add_module(_attribute(name), block)
             coarse_channels = width
         self.dropout = nn.Dropout(config.dropout)
+        assert coarse_channels is not None  # the config has at least one block
         self.classifier = conv(coarse_channels, config.num_classes, 3, bias=True)
 
     def blocks(self) -> list[tuple[str, RefineNetBlock]]:
@@ -130,7 +133,7 @@ class RefineNet(nn.Module):
                 t.new_zeros(()).expand_as(t) if f.stride == ablate_stride else t
                 for t, f in zip(taps, self.backbone.feature_info, strict=True)
             ]
-        by_level = {lv: [] for lv in LEVEL_STRIDES}
+        by_level: dict[int, list[Tensor]] = {lv: [] for lv in LEVEL_STRIDES}
         stride_level = {s: lv for lv, s in LEVEL_STRIDES.items()}
         for tap, info in zip(taps, self.backbone.feature_info, strict=True):
             # The released code regularises the two deepest levels with dropout while training.
@@ -151,7 +154,7 @@ class RefineNet(nn.Module):
         if return_features:
             block_levels = tuple(tuple(LEVEL_STRIDES[lv] for lv in levels) for levels in self.block_levels)
             backbone = tuple(
-                BackboneLevel(LEVEL_STRIDES[lv], sum(t.shape[1] for t in maps), tuple(maps[0].shape[-2:]))
+                BackboneLevel(LEVEL_STRIDES[lv], sum(t.shape[1] for t in maps), (maps[0].shape[-2], maps[0].shape[-1]))
                 for lv, maps in sorted(by_level.items())
                 if maps
             )
@@ -279,7 +282,7 @@ def _lw_refinenet(
     backbone_weights: str | None,
     **overrides,
 ) -> LightWeightRefineNet:
-    defaults = dict(
+    defaults: dict[str, Any] = dict(
         architecture="lw-refinenet",
         backbone=backbone,
         num_classes=num_classes,
@@ -290,7 +293,8 @@ def _lw_refinenet(
         output_rcus=0,
     )
     defaults.update(overrides)
-    return build_model(RefineNetConfig(**defaults), backbone_weights)
+    # architecture="lw-refinenet" makes build_model build a LightWeightRefineNet.
+    return cast(LightWeightRefineNet, build_model(RefineNetConfig(**defaults), backbone_weights))
 
 
 def lw_refinenet_resnet50(

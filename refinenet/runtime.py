@@ -28,6 +28,7 @@ import dataclasses
 import types
 from collections.abc import Callable
 from contextlib import nullcontext
+from typing import Any, TypeGuard, cast
 
 import torch
 import torch.fx
@@ -74,7 +75,7 @@ class SeparableMaxPool2d(nn.Module):
         self.kernel_size = kernel_size
 
     @classmethod
-    def replaces(cls, module: nn.Module) -> bool:
+    def replaces(cls, module: nn.Module) -> TypeGuard[nn.MaxPool2d]:
         """Whether ``module`` is a max-pool this class computes exactly (square, odd, stride 1,
         'same' padding, no dilation, floor mode)."""
         if not isinstance(module, nn.MaxPool2d):
@@ -107,7 +108,8 @@ class SeparableMaxPool2d(nn.Module):
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
+    # tuple(): a module may hold a list; the comparisons in `replaces` need a tuple.
+    return (value, value) if isinstance(value, int) else cast(tuple[int, int], tuple(value))
 
 
 def replace_max_pools(model: nn.Module) -> int:
@@ -176,6 +178,7 @@ def _conv_bn_pairs(module: nn.Module, prefix: str) -> list[tuple[str, str]]:
         if (
             not isinstance(source, torch.fx.Node)
             or source.op != "call_module"
+            or not isinstance(source.target, str)  # always, for call_module
             or not isinstance(submodules[source.target], nn.Conv2d)
         ):
             continue
@@ -351,7 +354,7 @@ def fast_path(
     elif dtype not in LOW_PRECISION:
         raise ValueError(f"unknown dtype {dtype!r}; expected 'auto', 'fp32', 'bf16' or 'fp16'")
     if dtype != "fp32" and not low_precision_backbone and hasattr(net, "backbone"):
-        _keep_fp32(net.backbone, device.type)
+        _keep_fp32(cast(nn.Module, net.backbone), device.type)
     cudnn = device.type == "cuda"
     if cudnn:
         torch.backends.cudnn.benchmark = True
@@ -360,7 +363,9 @@ def fast_path(
         mode = compile if isinstance(compile, str) else None
         # Freezing lets inductor treat the weights as constants and pre-pack them for oneDNN.
         # (torch.compile takes a mode or options, not both.)
-        options = {"freezing": True} if device.type == "cpu" and mode is None else None
+        options: dict[str, str | int | bool | Callable[..., Any]] | None = (
+            {"freezing": True} if device.type == "cpu" and mode is None else None
+        )
         compiled = torch.compile(net, mode=mode, options=options)
     settings = FastPathSettings(
         device=str(device),
@@ -386,12 +391,13 @@ def _keep_fp32(module: nn.Module, device_type: str) -> None:
     a bound method rather than a closure, it is rebound to the copy when the model is
     deep-copied, so a copy never runs the original's weights.
     """
-    module._autocast_off_device = device_type
+    # Module.__setattr__ is annotated for tensors and modules only, but stores any value.
+    module._autocast_off_device = device_type  # type: ignore[assignment]
     module.forward = types.MethodType(_forward_without_autocast, module)
 
 
 def _forward_without_autocast(self: nn.Module, *args, **kwargs):
-    with torch.autocast(device_type=self._autocast_off_device, enabled=False):
+    with torch.autocast(device_type=cast(str, self._autocast_off_device), enabled=False):
         return type(self).forward(self, *args, **kwargs)
 
 

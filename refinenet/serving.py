@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -116,7 +116,10 @@ class SegmenterCache:
                         return self._models[name]
                 model = self.loader(name)
                 segmenter = Segmenter(
-                    model, device=self.device, max_side=int(model.config.input_size), max_pixels=self.max_pixels
+                    model,
+                    device=self.device,
+                    max_side=int(cast(Any, model).config.input_size),
+                    max_pixels=self.max_pixels,
                 )
                 with self._lock:
                     self._models[name] = segmenter
@@ -237,7 +240,7 @@ def release_memory() -> None:
         _malloc_trim(0)
 
 
-_malloc_trim = None
+_malloc_trim: Any = None  # libc's malloc_trim; False where there is none
 
 
 __all__ = [

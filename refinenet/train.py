@@ -18,6 +18,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -446,18 +447,21 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
     model = build_model(model_config, torchvision_weights)
     load_encoder(model, cfg.backbone_weights)
     zero_init_residual_branches(model)
-    model = model.to(device, memory_format=torch.channels_last)
+    # Module.to accepts device and memory_format together; torch's overloads leave that out.
+    model = model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = build_optimizer(cfg, model)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / "last.pt"
-    epoch, step, history = 0, 0, []
+    epoch, step = 0, 0
+    history: list[dict] = []
     if resume and checkpoint.exists():
         epoch, step, history = restore_state(load_checkpoint(checkpoint), model, optimizer)
         if rank == 0:
             print(f"resumed {run_dir} at epoch {epoch}, step {step}", flush=True)
 
     train_set, val_set = build_datasets(cfg, model_config)
+    assert isinstance(train_set, Sized), "a map-style dataset, with a length"
     ignore_index = cfg.data.get("ignore_index", 255)
     net: nn.Module = model
     if world > 1:
@@ -487,7 +491,7 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
             if world > 1
             else RandomSampler(train_set, generator=generator)
         )
-        if world > 1:
+        if isinstance(sampler, DistributedSampler):  # world > 1
             sampler.set_epoch(epoch)
         loader = DataLoader(
             train_set,
@@ -532,7 +536,7 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
         if len(losses) < len(loader):
             break  # an epoch is the unit of resumption: no checkpoint for a partial one
         epoch += 1
-        record = {
+        record: dict[str, Any] = {
             "epoch": epoch,
             "step": step,
             "loss": float(np.mean(losses)) if losses else None,

@@ -417,12 +417,12 @@ def reduce_feature_maps(
     channels = [top_channels(f, k) for f in fmaps]
     singles = [f[idx] for f, idx in zip(fmaps, channels, strict=True)]
     flat = [m for group in singles for m in group]
-    scaled = iter(scale_maps(flat, scaling))
+    remaining = iter(scale_maps(flat, scaling))
     out = []
     for idx, caption in zip(channels, captions, strict=True):
         for rank, channel in enumerate(idx, start=1):
             out.append(
-                ReducedMap(apply_colormap(next(scaled), colormap), f"{caption} · channel {int(channel)} (#{rank})")
+                ReducedMap(apply_colormap(next(remaining), colormap), f"{caption} · channel {int(channel)} (#{rank})")
             )
     return out
 

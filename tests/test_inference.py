@@ -195,7 +195,7 @@ def test_predict_without_a_model_uses_the_default_model():
 
     photo = Path(__file__).resolve().parents[1] / "assets" / "chelsea-the-cat.jpg"
     result = predict(photo, device="cpu")
-    default = from_pretrained(zoo.list_models()[0].model_id)
+    default = from_pretrained(zoo.list_pretrained()[0].model_id)
     expected = Segmenter(default, device="cpu").predict(photo)
     assert isinstance(result, SegmentationResult)
     assert np.array_equal(result.label_map, expected.label_map)

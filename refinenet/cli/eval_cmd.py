@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sized
 from pathlib import Path
 
 import torch
@@ -76,11 +77,13 @@ def run(args: argparse.Namespace) -> int:
             return 2
         args.data = DEFAULT_ROOTS[args.dataset]
     device = select_device(args.device)
-    model = from_pretrained(str(args.model)).to(device, memory_format=torch.channels_last).eval()
+    # Module.to accepts device and memory_format together; torch's overloads leave that out.
+    model = from_pretrained(str(args.model)).to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
     config = model.config
     kind = args.dataset or ("camvid" if (args.data / f"{args.split.split('+')[0]}annot").is_dir() else "folders")
     boxed = kind != "camvid" and has_boxes(args.data, args.split)
     dataset = build_dataset(kind, args.data, args.split, EvalTransform(config.mean, config.std), with_boxes=boxed)
+    assert isinstance(dataset, Sized), "a map-style dataset, with a length"
     if args.every > 1:
         dataset = Subset(dataset, range(0, len(dataset), args.every))
     ignore = args.ignore_index if args.ignore_index is not None else config.ignore_index

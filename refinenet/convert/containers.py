@@ -15,6 +15,7 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 from torch import Tensor
@@ -43,7 +44,7 @@ def _is_zip(path: Path) -> bool:
     return zipfile.is_zipfile(path)
 
 
-def _is_tensor_dict(obj: object) -> bool:
+def _is_tensor_dict(obj: object) -> TypeGuard[Mapping[str, Tensor]]:
     return (
         isinstance(obj, Mapping)
         and len(obj) > 0

@@ -66,7 +66,7 @@ def key_rule(key: str) -> str | None:
         k = int(groups[0])
         if not 1 <= k <= 4:
             return None
-        fields = {"b": 5 - k, "next": 4 - k}
+        fields: dict[str, int | str] = {"b": 5 - k, "next": 4 - k}
         if len(groups) >= 2 and groups[1].isdigit():
             fields["i"] = int(groups[1]) - 1  # MATLAB counts from 1
         if groups[-1] in ("weight", "bias"):
