@@ -168,8 +168,8 @@ class HostingPolicy:
     @classmethod
     def for_public(cls, allowed_repos: Iterable[str] = ()) -> HostingPolicy:
         """The public defaults: weights up to 512 MB (every RefineNet but the ResNet-152 one), photos
-        up to 24 megapixels (a phone's; decoding one takes about a second on two cores), uploads
-        up to 25 MB."""
+        up to 24 megapixels (a phone camera's: a few seconds of decoding, network and drawing on
+        two cores, where a 110-megapixel one took gigabytes), uploads up to 25 MB."""
         return cls(
             public=True,
             allowed_repos=frozenset(r.strip() for r in allowed_repos if r.strip()),
