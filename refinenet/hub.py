@@ -20,6 +20,7 @@ typed by strangers must not reveal what its disk holds).
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import tempfile
@@ -27,7 +28,6 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import torch
 from huggingface_hub import (
     HfApi,
@@ -141,6 +141,21 @@ class _Unreachable(Exception):
     """No Hub answered at the endpoint (the server is not a Hub, or not there)."""
 
 
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client's "could not connect" errors: huggingface_hub 2.x uses httpx2 (earlier
+    versions httpx or requests), and raises them from its metadata calls as they are."""
+    errors: list[type[BaseException]] = []
+    for module_name, attribute in (("httpx2", "TransportError"), ("httpx", "TransportError")):
+        try:
+            errors.append(getattr(importlib.import_module(module_name), attribute))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
+_UNREACHABLE: tuple[type[BaseException], ...] = (*_connection_errors(), _Unreachable)
+
+
 def _download(
     repo_id: str,
     revision: str,
@@ -214,7 +229,7 @@ def _download(
             "safetensors model folders are loaded; convert legacy .pth files with `refinenet convert`)"
         )
         return None
-    except (httpx.TransportError, _Unreachable) as error:
+    except _UNREACHABLE as error:
         attempts.append(f"Hub download: {where} could not be reached ({error.__cause__ or error})")
         return None
     except (HfHubHTTPError, OSError) as error:
