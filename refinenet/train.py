@@ -21,6 +21,7 @@ import time
 from collections.abc import Sized
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -201,6 +202,17 @@ def freeze_batch_norm_statistics(module: nn.Module) -> None:
             m.eval()
 
 
+def import_teacher(folder: str | Path) -> ModuleType:
+    """The ``teacher.py`` module in ``folder`` (e.g. ``../shared/tools/teacher``), imported by
+    path: a teacher is a training-time tool that lives outside the package."""
+    spec = importlib.util.spec_from_file_location("refinenet_teacher", Path(folder) / "teacher.py")
+    if spec is None or spec.loader is None or not (Path(folder) / "teacher.py").is_file():
+        raise FileNotFoundError(f"no teacher.py in {folder}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class Distiller:
     """A teacher's class probabilities on the student's own augmented crops, and the KL term
     that pulls the student towards them.
@@ -212,12 +224,7 @@ class Distiller:
     """
 
     def __init__(self, folder: str | Path, weight: float, mean, std, device: torch.device) -> None:
-        spec = importlib.util.spec_from_file_location("refinenet_teacher", Path(folder) / "teacher.py")
-        if spec is None or spec.loader is None:
-            raise FileNotFoundError(f"no teacher.py in {folder}")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        self.teacher = module.Teacher(device)
+        self.teacher = import_teacher(folder).Teacher(device)
         self.weight = float(weight)
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)

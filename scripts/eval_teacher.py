@@ -13,7 +13,6 @@ and compare it with a student fairly.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from refinenet.data import VOC_CLASSES, VOC_PSEUDO_ROOT, EvalTransform, build_dataset  # noqa: E402
 from refinenet.evaluate import BoxCounts, confusion_matrix, metrics_from_confusion, write_results  # noqa: E402
+from refinenet.train import import_teacher  # noqa: E402
 
 
 def main() -> int:
@@ -36,12 +36,11 @@ def main() -> int:
     parser.add_argument("--long-side", type=int, default=513)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    spec = importlib.util.spec_from_file_location("teacher", args.teacher / "teacher.py")
-    if spec is None or spec.loader is None:
-        print(f"error: no teacher.py in {args.teacher}", file=sys.stderr)
+    try:
+        module = import_teacher(args.teacher)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     teacher = module.Teacher()
     # Mean 0 and std 1: the samples stay in [0, 1], which is what Teacher.probs takes.
     dataset = build_dataset("folders", args.data, args.split, EvalTransform((0, 0, 0), (1, 1, 1)), with_boxes=True)

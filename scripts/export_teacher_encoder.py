@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import sys
 from pathlib import Path
 
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from refinenet.train import import_teacher  # noqa: E402
+
 DEFAULT_OUT = Path("runs/encoders/deeplabv3-mobilenetv2-coco-voc.safetensors")
 
 
@@ -34,12 +37,11 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
-    spec = importlib.util.spec_from_file_location("teacher", args.teacher / "teacher.py")
-    if spec is None or spec.loader is None:
-        print(f"error: no teacher.py in {args.teacher}", file=sys.stderr)
+    try:
+        module = import_teacher(args.teacher)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     state = module.Teacher().mobilenet_v2_state_dict()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(args.out))

@@ -4,32 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..data import VOC_CLASSES as VOC_CLASS_NAMES
 from ..visualize import pascal_voc_palette
 
-# PASCAL VOC 2012 class order (index 0 is background), the order every VOC-21 checkpoint uses.
-VOC_CLASSES = [
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-]
+# PASCAL VOC class order (index 0 is background), the order every VOC-21 checkpoint uses.
+VOC_CLASSES = list(VOC_CLASS_NAMES)
 
 AUTHORS_LICENSE = "other"
 AUTHORS_LICENSE_NAME = "non-commercial-research"
