@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torchvision.models as tvm
 from torch import Tensor, nn
 
@@ -92,6 +93,39 @@ class MobileNetV2Backbone(Backbone):
             if i in self.taps:
                 out.append(x)
         return out
+
+
+@torch.no_grad()
+def rescale_mobilenetv2_taps(backbone: MobileNetV2Backbone, scales: list[float]) -> None:
+    """Multiply each tapped feature map of a MobileNetV2 backbone by ``scales[i]``, changing
+    nothing else it computes (with batch norm in eval mode).
+
+    A MobileNetV2 stage is a residual stream: the sum of its blocks' projection outputs, each the
+    output of a batch norm without activation. Scaling those batch norms' weight and bias by s
+    scales the stream by s; dividing by s the weights of the expansion convolutions that read the
+    stream (the stage's later blocks and the next stage's first) leaves every later feature as it
+    was. Why: an encoder converted from TensorFlow (batch norm folded, then rebuilt from
+    statistics) can hand the decoder features ten times larger than torchvision's, and a decoder
+    without normalisation, tuned on those, then starts with exploding activations and a gradient
+    norm dominated by its shallowest paths.
+    """
+    features = backbone.features
+    taps = sorted(backbone.taps)
+    if len(scales) != len(taps):
+        raise ValueError(f"one scale per tap ({len(taps)}), got {len(scales)}")
+    for tap, scale in zip(taps, scales, strict=True):
+        last = tap
+        first = last
+        while first - 1 >= 1 and features[first - 1].out_channels == features[last].out_channels:
+            first -= 1
+        for index in range(first, last + 1):
+            projection_bn = features[index].conv[-1]
+            projection_bn.weight.mul_(scale)
+            projection_bn.bias.mul_(scale)
+            if index > first:
+                features[index].conv[0][0].weight.div_(scale)
+        if last + 1 < len(features):
+            features[last + 1].conv[0][0].weight.div_(scale)
 
 
 def _conv_bn(

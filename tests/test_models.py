@@ -160,3 +160,30 @@ def test_refinenet_101_has_exactly_the_released_parameter_count():
     with torch.device("meta"):
         model = refinenet.refinenet_resnet101(num_classes=21)
     assert count_parameters(model) == 118_052_437
+
+
+def test_rescaling_the_mobilenetv2_taps_changes_nothing_but_their_scale():
+    """The exact reparametrisation that gives a converted encoder's features a usable scale:
+    each tap is multiplied by its factor, and every later feature (taps included) is otherwise
+    unchanged, in eval mode with arbitrary batch-norm statistics."""
+    from refinenet.backbones import build_backbone, rescale_mobilenetv2_taps
+
+    torch.manual_seed(0)
+    backbone = build_backbone("mobilenetv2").eval()
+    with torch.no_grad():
+        for module in backbone.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.normal_()
+                module.bias.normal_()
+    x = torch.randn(2, 3, 96, 96)
+    scales = [2.0, 0.5, 3.0, 0.1]
+    with torch.no_grad():
+        before = backbone(x)
+        rescale_mobilenetv2_taps(backbone, scales)
+        after = backbone(x)
+    for tap_after, tap_before, scale in zip(after, before, scales, strict=True):
+        torch.testing.assert_close(tap_after, tap_before * scale, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="one scale per tap"):
+        rescale_mobilenetv2_taps(backbone, [1.0])
