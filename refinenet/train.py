@@ -438,10 +438,18 @@ def _default_root(kind: str) -> Path:
     return DEFAULT_ROOTS.get(kind, Path("."))
 
 
-def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, progress: bool = True) -> Path:
+def train(
+    cfg: TrainConfig,
+    resume: bool = True,
+    max_steps: int | None = None,
+    progress: bool = True,
+    until_epoch: int | None = None,
+) -> Path:
     """Run (or continue) a training run; returns the run directory.
 
-    ``max_steps`` stops early after that many optimisation steps in this call (tests and smoke
+    ``until_epoch`` stops once that many epochs of the schedule are done, whatever was done
+    before (so rerunning the same command does nothing more): the first epochs of one schedule,
+    as comparisons use them. ``max_steps`` stops early after that many optimisation steps in this call (tests and smoke
     runs); the checkpoint written then resumes exactly.
     """
     rank, world = _distributed()
@@ -488,7 +496,7 @@ def train(cfg: TrainConfig, resume: bool = True, max_steps: int | None = None, p
     probe_set, _ = build_datasets(cfg, model_config, eval_transform=True)
     probe = _center_crop(probe_set[0][0], cfg.crop_size)[None].to(device).contiguous(memory_format=torch.channels_last)
 
-    while epoch < cfg.epochs:
+    while epoch < (cfg.epochs if until_epoch is None else min(cfg.epochs, until_epoch)):
         set_epoch(train_set, epoch)
         # Every random draw of an epoch is seeded by (seed, epoch), so a resumed run repeats it exactly.
         epoch_seed = cfg.seed * 1000 + epoch
@@ -611,6 +619,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("config", type=Path, help="training config (YAML) from configs/")
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
+    parser.add_argument(
+        "--until-epoch",
+        type=int,
+        default=None,
+        help="stop once this many epochs of the schedule are done (comparisons: the first epochs of one schedule)",
+    )
     parser.add_argument("--output-dir", default=None, help="override the config's output_dir")
     parser.add_argument("--epochs", type=int, default=None, help="override the config's number of epochs")
 
@@ -621,7 +635,7 @@ def run_from_args(args) -> int:
         cfg.output_dir = args.output_dir
     if args.epochs:
         cfg.epochs = args.epochs
-    run_dir = train(cfg, resume=not args.no_resume, max_steps=args.max_steps)
+    run_dir = train(cfg, resume=not args.no_resume, max_steps=args.max_steps, until_epoch=args.until_epoch)
     print(f"run directory: {run_dir}")
     return 0
 

@@ -316,3 +316,14 @@ def test_a_config_with_a_base_changes_only_what_it_sets(tmp_path):
     (tmp_path / "loop.yaml").write_text(yaml.safe_dump({"base": "loop.yaml", "name": "c"}))
     with pytest.raises(ValueError, match="loop"):
         TrainConfig.load(tmp_path / "loop.yaml")
+
+
+def test_until_epoch_stops_at_that_epoch_of_the_schedule_and_repeats_nothing(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=3, name="partial")
+    run = train(cfg, until_epoch=1, progress=False)
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1 and not (run / "model").exists()
+    train(cfg, until_epoch=1, progress=False)  # already there: nothing more
+    state = load_checkpoint(run / "last.pt")
+    assert state["epoch"] == 1 and len(state["history"]) == 1
+    train(cfg, progress=False)  # the rest of the same schedule
+    assert load_checkpoint(run / "last.pt")["epoch"] == 3 and (run / "model" / "config.json").exists()
