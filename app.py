@@ -47,7 +47,6 @@ from PIL import Image  # noqa: E402
 from refinenet import demo, widgets, zoo  # noqa: E402
 from refinenet.demo import SegmentOutputs  # noqa: E402
 from refinenet.examples import EXAMPLE_SETS  # noqa: E402
-from refinenet.hub import from_pretrained  # noqa: E402
 from refinenet.images import ImageLoadError  # noqa: E402
 from refinenet.serving import REFUSAL, ComputeThread, HostingPolicy, SegmenterCache, release_memory  # noqa: E402
 from refinenet.visualize import COLORMAPS, REDUCTIONS, SCALINGS  # noqa: E402
@@ -216,8 +215,7 @@ class DemoApp:
     def _load(self, name: str):
         """Load for the cache: names are read as paths only in local mode or for the operator's
         own --model; in hosting mode a zoo id or allowed repo id never touches the disk."""
-        local = not self.policy.public or name == self.operator_model
-        return from_pretrained(name, allow_local=local, max_weight_bytes=self.policy.max_weight_bytes)
+        return self.policy.load(name, operator=name == self.operator_model)
 
     # -- models -------------------------------------------------------------------------------
 

@@ -108,15 +108,18 @@ def tensor_shapes(model_or_config: nn.Module | RefineNetConfig) -> dict[str, tor
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
-def weight_bytes(config: RefineNetConfig) -> int:
-    """The bytes of the config's weights in fp32, worked out on the meta device (no allocation):
-    what loading the model will cost at least, known before any tensor is read or downloaded."""
-    return sum(t.numel() * 4 for t in skeleton(config).state_dict().values() if t.is_floating_point())
+def weight_bytes(model_or_config: nn.Module | RefineNetConfig) -> int:
+    """The bytes of the weights in fp32, for a config worked out on the meta device (no
+    allocation): what loading the model will cost at least, known before any tensor is read or
+    downloaded."""
+    model = skeleton(model_or_config) if isinstance(model_or_config, RefineNetConfig) else model_or_config
+    return sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
 
 
-def check_weight_budget(config: RefineNetConfig, max_bytes: int) -> None:
-    """Refuse a config whose weights would take more than ``max_bytes`` (fp32)."""
-    needed = weight_bytes(config)
+def check_weight_budget(model_or_config: nn.Module | RefineNetConfig, max_bytes: int) -> None:
+    """Refuse a model (a config, or its :func:`skeleton`) whose weights would take more than
+    ``max_bytes`` (fp32)."""
+    needed = weight_bytes(model_or_config)
     if needed > max_bytes:
         raise TooLargeError(
             f"the model's weights take {needed / 1e6:,.0f} MB; this loader accepts at most {max_bytes / 1e6:,.0f} MB"
@@ -182,13 +185,16 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], w
     return model
 
 
-def model_from_state_dict(config: RefineNetConfig, state_dict: Mapping[str, Tensor], where: str = "") -> RefineNet:
-    """Build the model of ``config`` directly around ``state_dict``'s tensors.
+def model_from_state_dict(
+    config: RefineNetConfig | RefineNet, state_dict: Mapping[str, Tensor], where: str = ""
+) -> RefineNet:
+    """Build the model of ``config`` (or fill its :func:`skeleton`, if given one) directly around
+    ``state_dict``'s tensors.
 
-    The checked tensors are assigned to the :func:`skeleton`, so loading costs one copy of the
-    weights, not two (a model built normally would allocate and initialise its own first).
+    The checked tensors are assigned to the skeleton, so loading costs one copy of the weights,
+    not two (a model built normally would allocate and initialise its own first).
     """
-    model = skeleton(config)
+    model = skeleton(config) if isinstance(config, RefineNetConfig) else config
     check_state_dict(tensor_shapes(model), state_dict, where)
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
     model.load_state_dict(tensors, strict=True, assign=True)
@@ -290,13 +296,14 @@ def load_folder(
         config = RefineNetConfig.load(config_path)
     except (ValueError, TypeError) as error:
         raise WeightsError(f"{config_path} is not a valid RefineNet config: {error}") from error
-    check_weight_budget(config, max_weight_bytes)
+    model = skeleton(config)  # built once: sized here, filled below
+    check_weight_budget(model, max_weight_bytes)
     safetensors_data_bytes(weights_path, max_weight_bytes)
     try:
         state_dict = load_file(str(weights_path))
     except (SafetensorError, OSError) as error:
         raise WeightsError(f"{weights_path} is not a readable safetensors file: {error}") from error
-    model = model_from_state_dict(config, state_dict, str(weights_path))
+    model = model_from_state_dict(model, state_dict, str(weights_path))
     if device is not None:
         model = model.to(device)
     return model.eval()

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from .config import RefineNetConfig
 from .data import (
+    DEFAULT_ROOTS,
     EvalTransform,
     TrainTransform,
     allowed_classes,
@@ -425,17 +426,11 @@ def build_datasets(
     val = None
     if data.get("val_split"):
         # Validation reports found/outside too where the split has human boxes.
-        boxed = kind != "camvid" and has_boxes(root or _default_root(kind), data["val_split"])
+        boxed = kind != "camvid" and has_boxes(root or DEFAULT_ROOTS.get(kind, Path(".")), data["val_split"])
         val = build_dataset(
             kind, root, data["val_split"], EvalTransform(model_config.mean, model_config.std), with_boxes=boxed
         )
     return train, val
-
-
-def _default_root(kind: str) -> Path:
-    from .data import DEFAULT_ROOTS
-
-    return DEFAULT_ROOTS.get(kind, Path("."))
 
 
 def train(

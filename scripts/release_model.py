@@ -176,39 +176,15 @@ def main() -> int:
 
     data = str(args.data or profile["data"])
     kind = [] if args.dataset == "camvid" else ["--dataset", "folders"]
+    evaluate = ["eval", "--model", str(out), "--data", data, *kind, "--split", split, "--device", "cpu"]
     single_cmd = [
-        "eval",
-        "--model",
-        str(out),
-        "--data",
-        data,
-        *kind,
-        "--split",
-        split,
-        "--device",
-        "cpu",
+        *evaluate,
         "--out",
         str(out / f"eval-{split}.json"),
         "--confusion",
         str(out / f"confusion-{split}.png"),
     ]
-    multi_cmd = [
-        "eval",
-        "--model",
-        str(out),
-        "--data",
-        data,
-        *kind,
-        "--split",
-        split,
-        "--device",
-        "cpu",
-        "--scales",
-        "0.75,1,1.25",
-        "--flip",
-        "--out",
-        str(out / f"eval-{split}-ms-flip.json"),
-    ]
+    multi_cmd = [*evaluate, "--scales", "0.75,1,1.25", "--flip", "--out", str(out / f"eval-{split}-ms-flip.json")]
     if not args.reuse_eval and refinenet_cli(single_cmd) != 0:
         return 1
     single = json.loads((out / f"eval-{split}.json").read_text())
