@@ -13,6 +13,7 @@ and compare it with a student fairly.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def main() -> int:
             "split": args.split,
             "images": len(dataset),
             "confusion_matrix": confusion.tolist(),
+            "command": shlex.join(["python", "scripts/eval_teacher.py", *sys.argv[1:]]),
         }
     )
     print(

@@ -51,6 +51,7 @@ def test_eval_command_matches_an_independent_computation(tmp_path):
     """``refinenet eval`` on a generated CamVid-layout folder agrees with a direct forward pass,
     argmax and confusion count written here with numpy."""
     import json
+    import shlex
 
     import torch.nn.functional as F
     from _datagen import make_folder
@@ -101,6 +102,11 @@ def test_eval_command_matches_an_independent_computation(tmp_path):
                 cm[t, p] += 1
     assert result["confusion_matrix"] == (per_image["a"] + per_image["b"]).tolist()
     assert result["images"] == 2 and set(result["per_class_iou"]) == {"x", "y", "z"}
+    # The JSON says how it was made, so a model card can quote the exact command beside the number.
+    assert result["command"] == shlex.join(
+        ["refinenet", "eval", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data")]
+        + ["--split", "test", "--out", str(out), "--device", "cpu"]
+    )
 
     # --every 2 keeps every second image in file order: only "a".
     assert (

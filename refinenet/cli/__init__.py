@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 COMMANDS = {
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         module = _module(name)
         module.configure(command_parser)
         args = command_parser.parse_args(argv[1:])
+        # The command line as typed, so results written to files can say how they were made.
+        args.command_line = shlex.join(["refinenet", *argv])
         return int(module.run(args) or 0)
     parser.parse_args(argv)
     return 2

@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             "split": args.split,
             "every": args.every,
             "ignore_index": ignore,
+            "command": getattr(args, "command_line", None),
         }
     )
     width = max(len(n) for n in names)

@@ -1,0 +1,104 @@
+"""scripts/release_model.py: the tables a VOC model card is made of, from hand-made eval results
+and training logs (the script itself evaluates real data, which tests do not have)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def release():
+    spec = importlib.util.spec_from_file_location("release_model", ROOT / "scripts" / "release_model.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _result(miou: float, found: float | None = None) -> dict:
+    result = {"mIoU": miou, "pixel_accuracy": 90.0, "per_class_iou": {"background": 80.0, "cat": None}}
+    if found is not None:
+        result |= {
+            "found": found,
+            "found_small": found / 2,
+            "outside": 12.5,
+            "per_class_found": {"background": None, "cat": found},
+            "per_class_outside": {"background": None, "cat": 12.5},
+        }
+    return result
+
+
+def test_per_class_table_adds_found_and_outside_only_where_there_are_boxes(release):
+    boxed = release.per_class_table(_result(61.0, found=75.0), None).splitlines()
+    assert boxed[0] == "| class | IoU (single scale) | found | outside |"
+    assert boxed[1] == "|---|---|---|---|"
+    assert boxed[3] == "| cat | - | 75.0 | 12.5 |"  # a class absent from the labels has no IoU
+    assert boxed[-1] == "| **all** | **61.00** | **75.0** | **12.5** |"
+    plain = release.per_class_table(_result(61.0), _result(63.5)).splitlines()
+    assert plain[0] == "| class | IoU (single scale) | IoU (0.75/1/1.25 + flip) |"
+    assert plain[-1] == "| **all** | **61.00** | **63.50** |"
+
+
+def test_reference_table_quotes_each_results_command(release):
+    teacher = _result(89.7, found=72.7) | {"command": "python scripts/eval_teacher.py --out t.json"}
+    rows = release.reference_table([("teacher", teacher), ("old", _result(66.2, found=60.9))]).splitlines()
+    assert rows[2] == "| teacher | 89.70 | 72.7% | 36.4% | 12.5% | `python scripts/eval_teacher.py --out t.json` |"
+    assert rows[3].endswith("| not recorded |")
+
+
+def test_comparison_table_reads_each_run_at_the_same_epoch(release, tmp_path):
+    base = tmp_path / "a.yaml"
+    base.write_text(
+        "name: run-a\nmodel: {num_classes: 2}\ndata: {kind: folders}\noutput_dir: "
+        + str(tmp_path / "runs")
+        + "\nbackbone_weights: enc.safetensors\ndistill: {teacher: t, weight: 0.5}\n"
+    )
+    other = tmp_path / "b.yaml"
+    other.write_text("base: a.yaml\nname: run-b\nbackbone_weights: IMAGENET1K_V1\ndistill: null\n")
+    for name, miou in (("run-a", 40.0), ("run-b", 45.0)):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        records = [
+            {
+                "epoch": 1,
+                "step": 10,
+                "loss": 2.0,
+                "val_mIoU": 10.0,
+                "val_found": 1,
+                "val_found_small": 1,
+                "val_outside": 50,
+            },
+            {
+                "epoch": 2,
+                "step": 20,
+                "loss": 1.5,
+                "val_mIoU": miou,
+                "val_found": 55,
+                "val_found_small": 20,
+                "val_outside": 30,
+            },
+            {
+                "epoch": 3,
+                "step": 30,
+                "loss": 1.0,
+                "val_mIoU": 99.0,
+                "val_found": 99,
+                "val_found_small": 99,
+                "val_outside": 1,
+            },
+        ]
+        (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    rows = release.comparison_table([base, other], epoch=2).splitlines()
+    assert rows[2].startswith(
+        "| run-a | teacher's (DeepLab) | KL, weight 0.5 | 40.00 | 55.0% | 20.0% | 30.0% | 1.500 |"
+    )
+    assert rows[3].startswith("| run-b | ImageNet (torchvision) | none | 45.00 |")
+    assert rows[3].endswith(f"`refinenet train {other.as_posix()} --until-epoch 2` |")
+    with pytest.raises(SystemExit, match="no validated epoch 4"):
+        release.comparison_table([base], epoch=4)
