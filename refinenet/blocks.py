@@ -118,7 +118,8 @@ class CRPFeatures:
 
     ``input`` is the block's fused input after the leading activation; ``branches[i]`` is the
     pooled-and-convolved path of stage ``i+1``; ``sums[i]`` is the running sum after stage
-    ``i+1``, so ``sums[-1]`` is the CRP output.
+    ``i+1``, so ``sums[-1]`` is the CRP output (both are empty for a block without CRP stages,
+    whose output is ``input``).
     """
 
     input: Tensor
@@ -139,6 +140,9 @@ class ChainedResidualPooling(nn.Module):
     stage pools the previous stage's *output*, so with stride-1 5x5 pooling the window seen by
     stage ``i`` grows as 5, 9, 13, 17 cells of the block's grid: large context from small pools.
 
+    ``num_stages=0`` removes the pooling chain and leaves the activation alone: the paper's
+    ablation of CRP (section 5), where the block's fused input goes straight to its output RCUs.
+
     ``order="conv-pool"`` is the authors' "improved" CRP (used for NYUDv2, PASCAL-Context, ...):
     each stage convolves first and pools second.
     """
@@ -156,8 +160,8 @@ class ChainedResidualPooling(nn.Module):
         super().__init__()
         if order not in ("pool-conv", "conv-pool"):
             raise ValueError(f"unknown CRP order {order!r}; expected 'pool-conv' or 'conv-pool'")
-        if num_stages < 1:
-            raise ValueError("CRP needs at least one stage")
+        if num_stages < 0:
+            raise ValueError(f"CRP stages must be 0 or more, not {num_stages}")
         self.order = order
         self.activation = activation_layer(activation)
         self.pool = nn.MaxPool2d(self.pool_size, stride=1, padding=self.pool_size // 2)

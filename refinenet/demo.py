@@ -304,6 +304,8 @@ def render_crp(
     # One feature space (the sums add the branches to the input): one PCA basis for all maps.
     reduced = reduce_feature_maps(maps, captions, reduction, scaling, colormap, k=1, shared_basis=True)
     pictures = [(item.rgb, item.caption) for item in reduced]  # one pixel per cell, as render_stages
+    if not stages:  # a model trained without CRP (the ablation): its input is the block's output
+        return pictures
     window = f"windows {cells[0] * block.stride}…{cells[-1] * block.stride} px"
     context = (render_context(result, block.stride, cells), window)
     return [pictures[0], *pictures[1 : 1 + stages], context, *pictures[1 + stages :]]
@@ -346,6 +348,11 @@ def crp_context_markdown(result: DemoResult, block_name: str) -> str:
         f"**{block.name}** works on a grid of {block.output.shape[1]}×{block.output.shape[2]} cells, "
         f"one cell = {block.stride}×{block.stride} pixels of the network input."
     ]
+    if not cells:
+        lines.append(
+            f"- no CRP stages: this model was trained without chained residual pooling (the paper's ablation), "
+            f"so {block.name}'s fused input passes the ReLU straight to its output RCUs, with no pooled context."
+        )
     for i, c in enumerate(cells):
         px = c * block.stride
         extra = f" ≈ {px * scale:.0f} px of your photo" if abs(scale - 1) > 0.01 else ""

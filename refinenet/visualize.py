@@ -6,6 +6,7 @@ app can re-render views quickly from cached activations.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
@@ -622,7 +623,7 @@ def architecture_svg(
                 )
             )
     # Coarse path: each block's output feeds the next (finer) block, right to left.
-    for (x_prev, _), (x_next, w_next) in zip(block_boxes, block_boxes[1:], strict=False):
+    for (x_prev, _), (x_next, w_next) in itertools.pairwise(block_boxes):
         parts.append(_svg_arrow(x_prev, bottom_y + bottom_h / 2, x_next + w_next, bottom_y + bottom_h / 2))
     # Classifier and output on the left.
     last_x = block_boxes[-1][0] if block_boxes else cx(1) - box_w / 2

@@ -194,3 +194,15 @@ def test_crp_convs_have_no_bias_and_bad_orders_are_refused():
     assert len(crp.stages) == 4 and all(stage.bias is None for stage in crp.stages)
     with pytest.raises(ValueError, match="order"):
         ChainedResidualPooling(8, order="parallel")
+    with pytest.raises(ValueError, match="0 or more"):
+        ChainedResidualPooling(8, num_stages=-1)
+
+
+def test_crp_with_no_stages_is_the_activation_alone():
+    """The paper's CRP ablation: without stages the block's fused input only passes the ReLU."""
+    crp = ChainedResidualPooling(3, num_stages=0)
+    x = torch.randn(2, 3, 7, 9)
+    assert len(list(crp.parameters())) == 0
+    assert torch.equal(crp(x), torch.relu(x))
+    out, features = crp(x, record=True)
+    assert torch.equal(out, features.input) and features.branches == () and features.sums == ()

@@ -91,3 +91,50 @@ def test_voc_config_uses_the_standard_classes_and_colours():
     assert list(model.class_names) == VOC_CLASSES == list(PACKAGE_VOC_CLASSES)
     assert [list(c) for c in model.palette] == pascal_colour_map(21)
     assert model.ignore_index == 255
+
+
+ABLATION = sorted(p for p in CONFIGS if p.stem.startswith("camvid-ablation-"))
+
+
+def test_the_ablation_variants_share_one_recipe_and_differ_only_where_named():
+    """Issue 20's table compares architectures, so everything else must be the same: schedule,
+    data, width and (but for the repeated seeds) seed; each variant's difference is its cascade or
+    its CRP stages, and the repeated seeds differ in the seed alone."""
+    import dataclasses
+
+    import torch
+
+    from refinenet.models import build_model
+
+    assert {p.stem.removeprefix("camvid-ablation-") for p in ABLATION} >= {
+        "4cascade",
+        "4cascade-seed1",
+        "2cascade",
+        "1cascade",
+        "1cascade-seed1",
+        "nocrp",
+    }
+    reference = TrainConfig.load(next(p for p in ABLATION if p.stem == "camvid-ablation-4cascade"))
+    released = TrainConfig.load(next(p for p in CONFIGS if p.stem == "camvid-refinenet-mobilenetv2"))
+    for path in ABLATION:
+        cfg = TrainConfig.load(path)
+        recipe = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        for name in ("epochs", "data", "crop_size", "batch_size", "lr_decoder", "lr_backbone", "backbone_weights"):
+            assert recipe[name] == getattr(released, name), (path.stem, name)
+        for name, value in recipe.items():
+            if name not in ("name", "seed", "model"):
+                assert value == getattr(reference, name), (path.stem, name)
+        assert cfg.seed == (1 if path.stem.endswith("-seed1") else 0)
+        model = cfg.model_config()
+        assert set(model.widths) == {64} and len(model.widths) == len(model.cascade)
+        changed = {
+            k for k, v in dataclasses.asdict(model).items() if v != dataclasses.asdict(reference.model_config())[k]
+        }
+        assert changed <= {"widths", "cascade", "crp_stages", "description"}, (path.stem, changed)
+        expected_blocks = {"2cascade": 2, "1cascade": 1}.get(path.stem.split("-")[2], 4)
+        assert len(model.cascade) == expected_blocks
+        assert model.crp_stages == (0 if path.stem.endswith("nocrp") else 4)
+        # Each variant builds and segments: a 64x64 input gives logits at 1/4 for the 11 classes.
+        net = build_model(model).eval()
+        with torch.no_grad():
+            assert net(torch.rand(1, 3, 64, 64)).shape == (1, 11, 16, 16)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+import refinenet
 from refinenet import demo, widgets
 from refinenet.inference import Segmenter
 from refinenet.visualize import fit_within, resize_nearest
@@ -157,6 +158,20 @@ def test_stage_and_crp_grids_follow_the_model(cached):
     assert "repeat(2," in demo.stages_grid(cached, "topk", k=2)
     crp = demo.crp_grid(cached, "RefineNet-3", "pca")
     assert crp.count('class="map"') == 9 and crp.count('class="photo"') == 1 and "repeat(5," in crp
+
+
+def test_a_model_without_crp_shows_its_blocks_input_and_says_why(photo, tmp_path):
+    """The CRP ablation variant (0 stages) goes through the demo: the CRP panel holds the block's
+    input alone and the text says the model has no pooling chain, instead of failing."""
+    torch.manual_seed(0)
+    model = refinenet.refinenet_mobilenetv2(num_classes=5, widths=[16, 16, 16, 16], crp_stages=0).eval()
+    result = demo.segment(Segmenter(model, device="cpu", max_side=96), photo, model_id="nocrp", out_dir=tmp_path)
+    items = demo.render_crp(result, "RefineNet-2")
+    assert [caption for _, caption in items] == [
+        "input 16×9×12"
+    ]  # 200x150 photo at max side 96 -> 96x72, RefineNet-2 at 1/8
+    assert demo.crp_grid(result, "RefineNet-2").count("<figure>") == 1
+    assert "no CRP stages" in demo.crp_context_markdown(result, "RefineNet-2")
 
 
 def test_crp_panel_order_and_pooling_windows(cached):
