@@ -4,6 +4,7 @@
     python app.py --model path/to/folder       # any model folder in the project's format, or a Hub repo id
     REFINENET_APP_MODEL=org/name python app.py
     python app.py --public --allow-repo org/name   # hosting mode (the default on a Hugging Face Space)
+    python app.py --compare A,B,C              # the models "Compare the variants" shows side by side
 
 In hosting mode (:class:`refinenet.serving.HostingPolicy`) visitors choose among the zoo's models
 and the allowed Hub repos only, uploads and photos are bounded, and each visitor sees only the
@@ -11,10 +12,10 @@ models they loaded themselves.
 
 This file is the user interface only: layout, events and the messages users read. The network
 runs in :mod:`refinenet.inference`, the panels are computed by :mod:`refinenet.demo` and
-:mod:`refinenet.visualize`, the HTML widgets (with their CSS and JavaScript) come from
-:mod:`refinenet.widgets`, and :mod:`refinenet.serving` keeps the models and the compute thread.
-The network runs once per image; every view option re-renders from the activations cached in
-the session (``gr.State``).
+:mod:`refinenet.visualize` (the variants' comparison by :mod:`refinenet.compare`), the HTML
+widgets (with their CSS and JavaScript) come from :mod:`refinenet.widgets`, and
+:mod:`refinenet.serving` keeps the models and the compute thread. The network runs once per
+image; every view option re-renders from the activations cached in the session (``gr.State``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import base64
+import contextlib
 import functools
 import importlib.util
 import os
@@ -44,7 +46,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from refinenet import demo, widgets, zoo  # noqa: E402
+from refinenet import compare, demo, widgets, zoo  # noqa: E402
 from refinenet.demo import SegmentOutputs  # noqa: E402
 from refinenet.examples import EXAMPLE_SETS  # noqa: E402
 from refinenet.images import ImageLoadError  # noqa: E402
@@ -55,6 +57,7 @@ HERE = Path(__file__).resolve().parent
 ASSETS = HERE / "assets"
 MODEL_ENV = "REFINENET_APP_MODEL"
 DEVICE_ENV = "REFINENET_APP_DEVICE"
+COMPARE_ENV = "REFINENET_APP_COMPARE"
 # Sessions keep their cached activations this long after their last segmentation.
 STATE_TTL_SECONDS = 15 * 60
 # After a photo larger than this, freed memory is handed back to the system (release_memory):
@@ -145,6 +148,17 @@ class colour. Cutting 1/32 usually changes *what* is recognised in large regions
 mostly changes *boundaries*.
 """
 
+COMPARE_HELP = f"""
+**Compare the variants.** The paper asks what each part of RefineNet is worth by training
+variants that differ in one thing: fewer blocks in the cascade (a 2-cascade fuses two backbone
+levels per block, a 1-cascade all four in one block), or no chained residual pooling. Their test
+mIoUs say who wins on average; here you see them on *your* photo. Every variant sees the same
+pixels (your photo resized once) and paints each pixel in its class colour. The **disagreement
+map** shows, {compare.DISAGREEMENT_DEFINITION}. Grey: all agree; yellow to dark red: more
+variants disagree. Disagreement gathers along edges and on small or thin objects (poles, signs),
+where fine detail from the shallow levels matters most.
+"""
+
 ARCHITECTURE_HELP = """
 **The architecture of this run.** Top: the backbone levels, bottom: the RefineNet blocks that
 fuse them (RCU = residual conv unit, MRF = multi-resolution fusion, CRP = chained residual
@@ -200,22 +214,42 @@ class DemoApp:
     """The model cache, the download folder and the event handlers of one running demo."""
 
     def __init__(
-        self, default_model: str | None = None, device: str | None = None, policy: HostingPolicy | None = None
+        self,
+        default_model: str | None = None,
+        device: str | None = None,
+        policy: HostingPolicy | None = None,
+        compare_models: list[str] | None = None,
     ) -> None:
+        """``compare_models``: the models of "Compare the variants" (--compare); ``None`` means
+        the zoo's ablation family, and an empty list no comparison."""
         self.policy = policy or HostingPolicy()
         self.compute = ComputeThread()
-        # The operator's choice of default model (--model) is trusted and may be any folder;
-        # what visitors type is checked against the policy in segmenter_for before it gets here.
-        self.models = SegmenterCache(loader=self._load, device=device, max_pixels=self.policy.max_pixels)
+        explicit = compare_models is not None
+        compare_names = (
+            list(compare_models)
+            if compare_models is not None
+            else [entry.model_id for entry in zoo.family_members(zoo.ABLATION_FAMILY)]
+        )
+        # The operator's choices (--model, --compare) are trusted and may be any folder; what
+        # visitors type is checked against the policy in segmenter_for before it gets here.
+        self.operator_models = {name for name in [default_model, *compare_names] if name}
+        # The compared models stay loaded (pinned, see _choose_variants): the cache holds them on
+        # top of its usual three, so that what visitors load still has room.
+        self.models = SegmenterCache(
+            loader=self._load,
+            device=device,
+            max_pixels=self.policy.max_pixels,
+            capacity=3 + len(compare_names),
+        )
         self.downloads = Path(tempfile.mkdtemp(prefix="files-", dir=RUN_DIR))
-        self.operator_model = default_model
         self.default_model, self.startup_notes = self.compute.run(self._choose_default, default_model)
         self.models.pin(self.default_model)
+        self.variants: list[compare.Variant] = self.compute.run(self._choose_variants, compare_names, explicit)
 
     def _load(self, name: str):
         """Load for the cache: names are read as paths only in local mode or for the operator's
-        own --model; in hosting mode a zoo id or allowed repo id never touches the disk."""
-        return self.policy.load(name, operator=name == self.operator_model)
+        own --model and --compare; in hosting mode a zoo id or allowed repo id never touches the disk."""
+        return self.policy.load(name, operator=name in self.operator_models)
 
     # -- models -------------------------------------------------------------------------------
 
@@ -239,6 +273,37 @@ class DemoApp:
             + "\n  ".join(failures or ["the zoo lists no models"])
             + f"\nGive one explicitly: python app.py --model FOLDER_OR_REPO_ID (or set {MODEL_ENV})."
         )
+
+    def _choose_variants(self, names: list[str], explicit: bool) -> list[compare.Variant]:
+        """Load and check the models to compare; ``[]`` when there is nothing to compare.
+
+        Models the operator named (--compare) must load and be comparable, or the app stops with
+        the reason, as for --model. The default, the zoo's ablation family, is left out with a
+        printed note when it cannot be shown: the rest of the demo does not depend on it.
+        """
+        try:
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:
+                raise ValueError(f"{', '.join(map(repr, twice))} named twice")
+            if explicit and len(names) == 1:
+                raise ValueError(f"comparing needs at least two models, got only {names[0]!r}")
+            if len(names) < 2:
+                return []
+            segmenters = []
+            for name in names:
+                try:
+                    segmenters.append(self.models.get(name))
+                except Exception as error:
+                    raise ValueError(f"the model {name!r} could not be loaded: {error}") from error
+                self.models.pin(name)
+            variants = [compare.variant(name, s.config) for name, s in zip(names, segmenters, strict=True)]
+            compare.check_comparable(variants, segmenters)
+            return variants
+        except ValueError as error:
+            if explicit:
+                raise SystemExit(f"--compare {','.join(names)}: {error}") from error
+            print(f"Compare the variants: left out, {error}", file=sys.stderr, flush=True)
+            return []
 
     def model_choices(self, session_models: list[str] | None = None) -> list[str]:
         """The zoo, the default model and the models this visitor loaded (never another's)."""
@@ -327,17 +392,20 @@ class DemoApp:
         Image.fromarray(array).save(path, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
         return str(path)
 
-    def run_network(self, image, model_name: str | None) -> demo.DemoResult:
-        """Load the input (readable errors) and run the network once, caching every activation."""
+    @staticmethod
+    def _require_image(image, button: str) -> None:
         if image is None:
             raise user_error(
-                "No image yet: upload a photo, use the webcam or paste an image, then press Segment.", title="No image"
+                f"No image yet: upload a photo, use the webcam or paste an image, then press {button}.",
+                title="No image",
             )
-        name, segmenter = self.segmenter_for(model_name)
+
+    @contextlib.contextmanager
+    def _readable_errors(self, failed: str = "Segmentation failed"):
+        """Turn what reading a photo and running a network raise into messages for users (one
+        wording for every endpoint that takes a photo)."""
         try:
-            data = image if isinstance(image, bytes) else Path(image).read_bytes()
-            self._prune_downloads()
-            return demo.segment(segmenter, data, model_id=name, out_dir=self.downloads)
+            yield
         except ImageLoadError as error:
             raise user_error(f"This file cannot be used as an image: {error}.", title="Unreadable image") from error
         except MemoryError as error:
@@ -346,7 +414,44 @@ class DemoApp:
                 title="Image too large",
             ) from error
         except (OSError, RuntimeError, ValueError) as error:
-            raise user_error(f"Segmentation failed: {error}", title="Segmentation failed") from error
+            raise user_error(f"{failed}: {error}", title=failed) from error
+
+    def png(self, image: Image.Image) -> str:
+        """Write a lossless picture (a palette PNG: its pixel values are data) and return its path."""
+        path = self.downloads / f"view-{uuid.uuid4().hex[:16]}.png"
+        image.save(path, format="PNG", compress_level=3)
+        return str(path)
+
+    def run_network(self, image, model_name: str | None) -> demo.DemoResult:
+        """Load the input (readable errors) and run the network once, caching every activation."""
+        self._require_image(image, "Segment")
+        name, segmenter = self.segmenter_for(model_name)
+        with self._readable_errors():
+            data = image if isinstance(image, bytes) else Path(image).read_bytes()
+            self._prune_downloads()
+            return demo.segment(segmenter, data, model_id=name, out_dir=self.downloads)
+
+    def run_comparison(self, image) -> compare.Comparison:
+        """Every compared variant on the photo (readable errors, as for a segmentation)."""
+        self._require_image(image, "Compare the variants")
+        segmenters = [self.models.get(v.name) for v in self.variants]  # pinned: loaded at startup
+        with self._readable_errors("Comparison failed"):
+            data = image if isinstance(image, bytes) else Path(image).read_bytes()
+            return compare.compare(self.variants, segmenters, data, max_pixels=self.policy.max_pixels)
+
+    @on_compute_thread
+    def compare_variants(self, image):
+        """The photo through every variant, side by side, and where they disagree."""
+        comparison = network_compare(image)
+        self._prune_downloads()
+        outputs = (
+            compare.render_variants(comparison),
+            self.png(compare.render_disagreement(comparison)),
+            compare.disagreement_legend(comparison),
+        )
+        if comparison.original_size[0] * comparison.original_size[1] > TRIM_AFTER_PIXELS:
+            release_memory()  # the decoded photo was large (see TRIM_AFTER_PIXELS)
+        return outputs
 
     @on_compute_thread
     def segment(self, image, model_name, opacity, reduction, scaling, colormap, top_k, crp_block):
@@ -495,6 +600,15 @@ def network_run(image, model_name: str | None) -> demo.DemoResult:
 
 
 @network
+def network_compare(image) -> compare.Comparison:
+    try:
+        return APP.run_comparison(image)
+    except BaseException:
+        release_memory()
+        raise
+
+
+@network
 def network_ablated_labels(model_name: str, work_image, stride: int):
     segmenter = APP.segmenter_for(model_name)[1]
     try:
@@ -623,6 +737,35 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         gr.Markdown(ARCHITECTURE_HELP)
         architecture = gr.HTML(elem_id="architecture")
 
+        # Without variants to compare (none trained yet, or --compare ""), the section is left
+        # out rather than shown with a note: a visitor cannot act on "not trained yet", and an
+        # empty section with a button would only invite a click that cannot work. The README
+        # says how an operator turns it on.
+        compare_button = compare_outputs = None
+        if app.variants:
+            gr.Markdown("## Compare the variants")
+            gr.Markdown(COMPARE_HELP)
+            gr.Markdown(
+                "Compared on this server:\n" + "\n".join(f"- {v.caption}" for v in app.variants),
+                elem_id="compare-models",
+            )
+            compare_button = gr.Button("Compare the variants", elem_id="compare-button")
+            variant_maps = gr.HTML(
+                label="Each variant's prediction (class colours)",
+                show_label=True,
+                container=True,
+                elem_id="compare-variants",
+            )
+            with gr.Row():
+                disagreement = gr.Image(
+                    label="Disagreement: how many variants differ from the most common class (pixel value = count)",
+                    format="png",
+                    interactive=False,
+                    elem_id="disagreement",
+                )
+                disagreement_key = gr.HTML(elem_id="disagreement-key")
+            compare_outputs = [variant_maps, disagreement, disagreement_key]
+
         state = gr.State(None, time_to_live=STATE_TTL_SECONDS)
         session_models = gr.State([])  # the models this visitor loaded: only they see them
 
@@ -663,6 +806,8 @@ def build_demo(app: DemoApp) -> gr.Blocks:
         crp_block.input(app.crp, crp_inputs, [crp, crp_context], api_name="crp")
         for control in (reduction, scaling, colormap):
             control.input(app.crp, crp_inputs, [crp, crp_context], api_visibility="private")
+        if compare_button is not None:
+            compare_button.click(app.compare_variants, [image], compare_outputs, api_name="compare", **network_options)
         path.input(
             app.ablate,
             [state, path, opacity],
@@ -708,7 +853,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="ORG/NAME",
         help="a Hub repo visitors may load in hosting mode (repeat it; also $REFINENET_ALLOWED_REPOS, comma-separated)",
     )
+    parser.add_argument(
+        "--compare",
+        default=os.environ.get(COMPARE_ENV),
+        metavar="MODEL[,MODEL...]",
+        help="the models 'Compare the variants' shows side by side: zoo ids, model folders or Hub repo ids, "
+        f"comma-separated; '' leaves the section out (default: ${COMPARE_ENV}, else the zoo's "
+        f"{zoo.ABLATION_FAMILY} family, shown once it has two models)",
+    )
     return parser.parse_args(argv)
+
+
+def compare_list(value: str | None) -> list[str] | None:
+    """``--compare``'s names; ``None`` (not given: the zoo's family) or a list ([]: none)."""
+    if value is None:
+        return None
+    return [name.strip() for name in value.split(",") if name.strip()]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -717,7 +877,7 @@ def main(argv: list[str] | None = None) -> None:
     # A stop request (SIGTERM from a Space or a service manager) ends the process like Ctrl-C, so
     # the app's files and Gradio's upload cache are removed on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    app = DemoApp(args.model, args.device, policy)
+    app = DemoApp(args.model, args.device, policy, compare_list(args.compare))
     blocks = build_demo(app)
     blocks.queue(default_concurrency_limit=4, max_size=args.queue_size)
     mcp = importlib.util.find_spec("mcp") is not None  # gradio[mcp] installed: also serve the tools

@@ -4,6 +4,8 @@
   used for the block outputs and the chained residual pooling.
 - The **legend** (:func:`legend`, :data:`LEGEND_CSS`, :data:`LEGEND_JS`): the photo over a table
   of the model's classes; hovering a row shows that class's mask over the photo.
+- The **share table** (:func:`share_table`): colour swatches with a label and a bar for a share
+  of the pixels, the key of a picture painted with a few colours (the variants' disagreement).
 
 Pictures travel inside the HTML as data URIs: one HTML value spares the server a file write and
 Gradio's per-file bookkeeping for every picture. Nothing here imports Gradio or torch; the app
@@ -157,6 +159,38 @@ def legend(
     )
 
 
+def _swatch(colour: str) -> str:
+    return (
+        '<span style="display:inline-block;width:14px;height:14px;border-radius:3px;vertical-align:middle;'
+        f'background:{colour};border:1px solid #0003"></span>'
+    )
+
+
+def share_table(rows: Sequence[tuple[Sequence[int], str, float]], header: str = "") -> str:
+    """HTML: one row per ``(colour, label, share)``: the colour's swatch, the label, a bar as long
+    as the share (0..1) and the share in percent, under ``header`` (HTML, may be empty).
+
+    The key of a picture painted with a few colours, in the legend's style: a reader matches
+    a colour in the picture to its row and sees at once how much of the picture it covers.
+    """
+    lines = []
+    for colour, label, share in rows:
+        hex_value = hex_colour(colour)
+        lines.append(
+            f'<tr><td style="padding:2px 6px;white-space:nowrap">{_swatch(hex_value)} {escape(label)}</td>'
+            f'<td style="padding:2px 6px;width:100%"><div style="background:{hex_value};height:12px;'
+            f"width:{100 * share:.2f}%;min-width:{1 if share > 0 else 0}px;border-radius:2px;"
+            f'{"border:1px solid #0002" if share > 0 else ""}"></div></td>'
+            f'<td style="padding:2px 6px;text-align:right;font-variant-numeric:tabular-nums">{100 * share:.1f}%</td>'
+            "</tr>"
+        )
+    return (
+        f'<div class="share-table">{header}'
+        f'<table style="width:100%;border-collapse:collapse;font-size:13px"><tbody>{"".join(lines)}</tbody></table>'
+        "</div>"
+    )
+
+
 __all__ = [
     "LEGEND_CSS",
     "LEGEND_JS",
@@ -165,4 +199,5 @@ __all__ = [
     "hex_colour",
     "legend",
     "picture_grid",
+    "share_table",
 ]

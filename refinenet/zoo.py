@@ -33,7 +33,10 @@ class ZooEntry:
 
     ``metrics`` maps a metric name (e.g. ``"test_mean_iou"``) to its value in percent.
     ``sha256`` is that of ``model.safetensors``; ``None`` only while the weights do not exist
-    yet, and such an entry refuses to load.
+    yet, and such an entry refuses to load. ``family`` groups models trained to be compared with
+    one another (e.g. ``"camvid-ablation"``: one recipe, one data set, one thing changed per
+    model): the app's "Compare the variants" section shows a family side by side
+    (:func:`family_members`).
     """
 
     model_id: str
@@ -48,6 +51,7 @@ class ZooEntry:
     sha256: str | None = None
     bundled: bool = False
     license: str = "mit"
+    family: str | None = None
 
     @property
     def published(self) -> bool:
@@ -111,6 +115,18 @@ def list_pretrained() -> list[ZooEntry]:
     """All registered weights, in table order: the order the app offers them in, and the first
     that loads is its default (so the table starts with the model most uploads suit)."""
     return list(MODELS.values())
+
+
+# The family the app compares by default: RefineNet's cascade and CRP ablation on CamVid
+# (4-, 2- and 1-cascade, and the 4-cascade without chained residual pooling), all trained with
+# one recipe so that their test mIoUs differ by the architecture alone.
+ABLATION_FAMILY = "camvid-ablation"
+
+
+def family_members(family: str) -> list[ZooEntry]:
+    """The entries of ``family``, in table order (the order the app shows them in); an empty
+    list for a family with no published weights yet."""
+    return [entry for entry in MODELS.values() if entry.family == family]
 
 
 def get_entry(model_id: str) -> ZooEntry:

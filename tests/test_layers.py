@@ -29,7 +29,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "using models: inference, runtime, images, evaluation, training",
         ("runtime", "images", "inference", "evaluate", "train"),
     ),
-    ("serving and the demo: its pages, widgets and example photos", ("serving", "demo", "widgets", "examples")),
+    (
+        "serving and the demo: its pages, the variants compared, widgets and example photos",
+        ("serving", "demo", "compare", "widgets", "examples"),
+    ),
     ("the public API", ("__init__",)),
     ("the command line", ("cli",)),
 ]

@@ -92,3 +92,25 @@ def test_listing_says_what_is_published_and_installed(tmp_path, monkeypatch, cap
 def test_unknown_id_names_the_known_ones():
     with pytest.raises(KeyError, match="camvid-lw-refinenet-mobilenetv2"):
         zoo.get_entry("imagenet-vit")
+
+
+def test_family_members_come_in_table_order(monkeypatch):
+    def entry(model_id: str, family: str | None, classes=("a", "b")) -> zoo.ZooEntry:
+        return zoo.ZooEntry(model_id, "t", "refinenet", "mobilenetv2", "d", classes, family=family)
+
+    table = [entry("c4", "abl"), entry("other", None), entry("c2", "abl"), entry("x", "xyz"), entry("c1", "abl")]
+    monkeypatch.setattr(zoo, "MODELS", {e.model_id: e for e in table})
+    assert [e.model_id for e in zoo.family_members("abl")] == ["c4", "c2", "c1"]
+    assert [e.model_id for e in zoo.family_members("xyz")] == ["x"]
+    assert zoo.family_members("none-such") == []
+
+
+def test_a_family_shares_its_classes_and_data_set():
+    """The app compares a family's models pixel by pixel: they must answer the same question."""
+    families = {entry.family for entry in zoo.MODELS.values() if entry.family is not None}
+    for family in families:
+        members = zoo.family_members(family)
+        assert len({m.classes for m in members}) == 1 and len({m.dataset for m in members}) == 1, family
+        assert all(m.sha256 is not None for m in members), "a family lists trained weights only"
+    # No ablation variant is trained yet: the app shows no comparison by default (see app.py).
+    assert len(zoo.family_members(zoo.ABLATION_FAMILY)) != 1, "a family of one compares nothing"

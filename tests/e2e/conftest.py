@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import io
+import json
 import os
 import re
 import socket
@@ -82,16 +83,20 @@ def _shared_fixtures():
     return module
 
 
-def make_app_model_folder(folder: Path) -> Path:
-    torch.manual_seed(0)
+def make_app_model_folder(
+    folder: Path, cascade: str = "4-cascade", crp_stages: int = 4, input_size: int = INPUT_SIZE, seed: int = 0
+) -> Path:
+    torch.manual_seed(seed)
     model = refinenet.refinenet_mobilenetv2(
         num_classes=11,
-        widths=[32, 16, 16, 16],
+        widths=[32, 16, 16, 16][: {"4-cascade": 4, "2-cascade": 2, "1-cascade": 1}[cascade]],
+        cascade=cascade,
+        crp_stages=crp_stages,
         class_names=CAMVID_CLASSES,
         palette=CAMVID_PALETTE,
-        input_size=INPUT_SIZE,
+        input_size=input_size,
     )
-    model = _shared_fixtures().calibrate_batch_norm(model)
+    model = _shared_fixtures().calibrate_batch_norm(model, seed)
     with torch.no_grad():
         torch.nn.init.normal_(model.classifier.weight, std=0.5)
         model.classifier.bias.zero_()
@@ -101,6 +106,30 @@ def make_app_model_folder(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def app_model_folder(tmp_path_factory) -> Path:
     return make_app_model_folder(tmp_path_factory.mktemp("app-model") / "tiny-camvid")
+
+
+# The variants of "Compare the variants" in the e2e tests: (folder name, cascade, CRP stages,
+# input size, test mIoU in an eval-test.json or None). The 2-cascade runs at 224 px, the others at
+# 256: every variant must then see the photo at 224 px. (0 CRP stages is not buildable yet.)
+VARIANTS = [
+    ("four-cascade", "4-cascade", 4, INPUT_SIZE, 61.25),
+    ("two-cascade", "2-cascade", 4, 224, None),
+    ("one-cascade-2crp", "1-cascade", 2, INPUT_SIZE, None),
+]
+COMPARE_SIZE = (224, 168)  # 640 x 480 at the smallest cap, 224 px
+
+
+@pytest.fixture(scope="session")
+def variant_folders(tmp_path_factory) -> list[Path]:
+    """Three small random-weight CamVid-class models that differ in cascade and CRP stages."""
+    root = tmp_path_factory.mktemp("variants")
+    folders = []
+    for seed, (name, cascade, stages, size, miou) in enumerate(VARIANTS, start=1):
+        folder = make_app_model_folder(root / name, cascade, stages, size, seed)
+        if miou is not None:  # what scripts/release_model.py writes beside the weights
+            (folder / "eval-test.json").write_text(json.dumps({"mIoU": miou, "pixel_accuracy": 90.0}))
+        folders.append(folder)
+    return folders
 
 
 def free_port() -> int:
@@ -194,6 +223,18 @@ def stop_app(server: AppServer) -> None:
 def app_server(app_model_folder, tmp_path_factory) -> AppServer:
     """One app server for the whole e2e session (starting one takes a few seconds)."""
     server = start_app(app_model_folder, tmp_path_factory.mktemp("app-log") / "app.log")
+    yield server
+    stop_app(server)
+
+
+@pytest.fixture(scope="session")
+def compare_server(app_model_folder, variant_folders, tmp_path_factory) -> AppServer:
+    """An app server with "Compare the variants" on (--compare with the three variant folders)."""
+    server = start_app(
+        app_model_folder,
+        tmp_path_factory.mktemp("compare-log") / "app.log",
+        extra_args=["--compare", ",".join(str(f) for f in variant_folders)],
+    )
     yield server
     stop_app(server)
 

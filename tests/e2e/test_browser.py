@@ -3,7 +3,9 @@
 Uploads a picture through the page's own file input, waits for the answer, and checks that the
 overlay, the four RefineNet panels (deep to shallow), the ten CRP panels, the legend and the
 architecture diagram rendered with loaded images; then switches the reduction and a path off
-through the page's controls. A full-page screenshot is saved to ``test-artifacts/``.
+through the page's controls. On a server started with ``--compare``, the "Compare the variants"
+button shows one picture per variant and the disagreement map. Full-page screenshots are saved
+to ``test-artifacts/``.
 
 Chromium is installed by ``.ci/run`` (``apt-get install chromium``); Playwright's own browser
 downloads are not used. Skipped, with the reason, only where /usr/bin/chromium is absent.
@@ -11,11 +13,12 @@ downloads are not used. Skipped, with the reason, only where /usr/bin/chromium i
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, VARIANTS
 
 pytestmark = pytest.mark.e2e
 
@@ -37,15 +40,16 @@ LOADED_IMAGES = """(selector) => Array.from(document.querySelectorAll(selector +
     .map(img => img.alt || '')"""
 
 
-@pytest.fixture
-def page(app_server, tmp_path):
+@contextlib.contextmanager
+def browser_page(url: str, profile: Path):
+    """A Chromium page on ``url`` (skips the test where Debian's Chromium is absent)."""
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (/usr/bin/chromium); .ci/run installs it")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
+            str(profile),
             executable_path=str(CHROMIUM),
             headless=True,
             args=CHROMIUM_ARGS,
@@ -54,10 +58,22 @@ def page(app_server, tmp_path):
         try:
             page = context.new_page()
             page.set_default_timeout(TIMEOUT_MS)
-            page.goto(app_server.url)
+            page.goto(url)
             yield page
         finally:
             context.close()
+
+
+@pytest.fixture
+def page(app_server, tmp_path):
+    with browser_page(app_server.url, tmp_path / "chromium-profile") as page:
+        yield page
+
+
+@pytest.fixture
+def compare_page(compare_server, tmp_path):
+    with browser_page(compare_server.url, tmp_path / "chromium-profile") as page:
+        yield page
 
 
 def loaded(page, selector: str) -> list[str]:
@@ -118,4 +134,28 @@ def test_upload_renders_every_panel(page, artifacts):
     shot = artifacts / "browser-demo.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 50_000
+    assert page.locator(".toast-body.error, .toast-wrap .error").count() == 0
+
+
+def test_compare_section_shows_every_variant_and_the_disagreement(compare_page, artifacts):
+    page = compare_page
+    page.wait_for_selector("#input-image input[type=file]", state="attached")
+    page.set_input_files("#input-image input[type=file]", str(REPO / "assets" / "synthetic-street-day.jpg"))
+    wait_for_images(page, "#overlay", 1)  # the upload segmented first, as on any page
+    assert page.locator("#compare-models").inner_text().count("test mIoU") == len(VARIANTS)
+    page.locator("#compare-button").click()
+    captions = wait_for_images(page, "#compare-variants", len(VARIANTS))
+    assert len(captions) == len(VARIANTS)
+    assert [caption.split(" · ")[0] for caption in captions] == [name for name, *_ in VARIANTS]
+    assert captions[0].endswith("test mIoU 61.25") and captions[1].endswith("test mIoU not measured")
+    wait_for_images(page, "#disagreement", 1)
+    size = page.evaluate(
+        "() => { const i = document.querySelector('#disagreement img'); return [i.naturalWidth, i.naturalHeight]; }"
+    )
+    assert size == [224, 168]
+    page.wait_for_function("() => document.querySelector('#disagreement-key').innerText.includes('All 3 variants')")
+    key = page.locator("#disagreement-key").inner_text()
+    assert "all 3 agree" in key and "2 of 3 differ from the most common class" in key
+    shot = artifacts / "browser-compare.png"
+    page.screenshot(path=str(shot), full_page=True)
     assert page.locator(".toast-body.error, .toast-wrap .error").count() == 0
