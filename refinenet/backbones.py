@@ -200,6 +200,34 @@ class AuthorsMobileNetV2Backbone(Backbone):
         return out
 
 
+# torchvision's weights enum of each backbone that has published weights.
+_WEIGHT_ENUMS = {
+    "resnet50": tvm.ResNet50_Weights,
+    "resnet101": tvm.ResNet101_Weights,
+    "resnet152": tvm.ResNet152_Weights,
+    "mobilenetv2": tvm.MobileNet_V2_Weights,
+}
+
+
+def torchvision_weight_names(name: str) -> tuple[str, ...]:
+    """The torchvision weights names :func:`build_backbone` accepts for the backbone ``name``
+    (e.g. ``("IMAGENET1K_V1", "IMAGENET1K_V2")`` for MobileNetV2; none for the authors'
+    MobileNet-v2). Only the names of fixed weights: the alias ``DEFAULT`` is left out, since it
+    moves to newer weights between torchvision releases."""
+    weight_enum = _WEIGHT_ENUMS.get(name)
+    if weight_enum is None:
+        return ()
+    return tuple(key for key, member in weight_enum.__members__.items() if member.name == key)
+
+
+def torchvision_weights_file(name: str, weights: str) -> str:
+    """The file name torchvision stores the weights ``weights`` of the backbone ``name`` under
+    in torch's hub cache (``<torch home>/hub/checkpoints/``), e.g. ``mobilenet_v2-b0353104.pth``."""
+    if weights not in torchvision_weight_names(name):
+        raise ValueError(f"{name} has no torchvision weights {weights!r}")
+    return _WEIGHT_ENUMS[name][weights].url.rsplit("/", 1)[-1]
+
+
 def build_backbone(name: str, weights: str | None = None) -> Backbone:
     """Build a backbone by name (see ``BACKBONES``); ``weights`` is a torchvision weights name
     such as ``"IMAGENET1K_V1"``, fetched through torchvision's own download and cache."""

@@ -104,6 +104,12 @@ class RefineNetConfig:
     # Where the backbone's weights started from before training (provenance and licence), e.g.
     # torchvision's ImageNet weights or a segmentation teacher's encoder.
     backbone_init: str = ""
+    # "" (the folder stores every tensor), or the torchvision weights name (e.g. "IMAGENET1K_V1")
+    # of a backbone kept exactly as published while the decoder trained. Such a folder stores the
+    # decoder alone and loading takes the backbone from torchvision's weights API (downloaded on
+    # first use, from torch's cache after): models that share one frozen encoder (an ablation
+    # family comparing decoders) then store it zero times instead of once each.
+    frozen_backbone: str = ""
 
     def __post_init__(self) -> None:
         _check_choice("architecture", self.architecture, ARCHITECTURES)
@@ -152,6 +158,19 @@ class RefineNetConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT):
                 raise ConfigError(f"{name}: must be a text of at most {MAX_TEXT} characters")
+        if not isinstance(self.frozen_backbone, str):
+            raise ConfigError("frozen_backbone: must be a torchvision weights name or empty")
+        if self.frozen_backbone:
+            # Imported here: torchvision is only needed by configs that name its weights.
+            from .backbones import torchvision_weight_names
+
+            names = torchvision_weight_names(self.backbone)
+            if self.frozen_backbone not in names:
+                accepted = f"one of {', '.join(names)}" if names else "empty (it has no torchvision weights)"
+                raise ConfigError(
+                    f"frozen_backbone: {_short(self.frozen_backbone)!r} is not a torchvision weights name of the "
+                    f"{self.backbone} backbone; use {accepted}"
+                )
         if not _is_list(self.datasets, 64) or not all(isinstance(d, str) and len(d) <= MAX_TEXT for d in self.datasets):
             raise ConfigError("datasets: must be a list of at most 64 short texts")
 
@@ -162,7 +181,12 @@ class RefineNetConfig:
         return [f"RefineNet-{n - i}" for i in range(n)]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as config.json stores them. An empty ``frozen_backbone`` is left out, so a
+        folder that does not use it stays readable by versions from before the field."""
+        data = asdict(self)
+        if not data["frozen_backbone"]:
+            del data["frozen_backbone"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RefineNetConfig:

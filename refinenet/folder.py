@@ -8,6 +8,11 @@ the zoo's hashing) shares its names, checks and errors, so that "strict" means t
 everywhere: tensors that do not match the config's model fail with every missing, unexpected and
 mis-shaped key, never with a half-random network.
 
+A folder whose config names a ``frozen_backbone`` (torchvision weights kept exactly as published
+while the decoder trained) stores the decoder's tensors alone: the strict check then expects
+exactly those, and loading builds the backbone through torchvision's weights API (downloaded on
+first use, from torch's cache after). Models that share one frozen encoder thus ship without it.
+
 It knows nothing of the zoo or the Hub; those build on it.
 """
 
@@ -16,15 +21,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import struct
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+import torch.hub
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .backbones import Backbone, build_backbone, torchvision_weights_file
 from .config import RefineNetConfig
 from .modelcard import render_model_card
 from .models import RefineNet, build_model, count_parameters
@@ -37,6 +45,11 @@ CARD_NAME = "README.md"
 DEFAULT_MAX_WEIGHT_BYTES = 4 * 1024**3
 # A safetensors header lists names, dtypes, shapes and offsets: kilobytes for any RefineNet.
 MAX_HEADER_BYTES = 16 * 1024 * 1024
+# The state-dict prefix of the backbone's tensors (RefineNet.backbone): what a folder with a
+# frozen_backbone leaves out.
+BACKBONE_PREFIX = "backbone."
+# The offline way to fill torch's cache with torchvision's ImageNet MobileNetV2 (from the repository root).
+SEED_TORCH_CACHE = "sh ../shared/tools/seed-torch-cache.sh"
 
 
 class WeightsError(RuntimeError):
@@ -165,6 +178,69 @@ def safetensors_data_bytes(path: str | Path, max_bytes: int) -> int:
     return declared
 
 
+def stored_tensor_shapes(model_or_config: nn.Module | RefineNetConfig) -> dict[str, torch.Size]:
+    """Name -> shape of the tensors a model folder stores for a config (or for a model's config):
+    every tensor of the model, or, when the config names a ``frozen_backbone``, the decoder's
+    alone (no key under ``backbone.``)."""
+    config = model_or_config if isinstance(model_or_config, RefineNetConfig) else model_or_config.config
+    assert isinstance(config, RefineNetConfig), "a RefineNet (or its config)"
+    shapes = tensor_shapes(model_or_config)
+    if not config.frozen_backbone:
+        return shapes
+    return {k: v for k, v in shapes.items() if not k.startswith(BACKBONE_PREFIX)}
+
+
+def stored_tensors(config: RefineNetConfig, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The part of a model's state dict its folder stores: all of it, or without the backbone's
+    tensors when ``config`` names a ``frozen_backbone`` (they are torchvision's, fetched at load)."""
+    if not config.frozen_backbone:
+        return dict(state_dict)
+    return {k: v for k, v in state_dict.items() if not k.startswith(BACKBONE_PREFIX)}
+
+
+def published_backbone(config: RefineNetConfig) -> Backbone:
+    """The backbone of a config with a ``frozen_backbone``, with torchvision's weights of that
+    name, through torchvision's weights API: from torch's hub cache when the file is there,
+    downloaded into it otherwise. Failing that (offline and not cached, or an unreadable cached
+    file), a :class:`WeightsError` names the weights, the cache folder and how to seed it."""
+    if not config.frozen_backbone:
+        raise ValueError("the config names no frozen_backbone")
+    file_name = torchvision_weights_file(config.backbone, config.frozen_backbone)
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    what = f"torchvision's {config.frozen_backbone} weights of the {config.backbone} backbone ({file_name})"
+    try:
+        return build_backbone(config.backbone, config.frozen_backbone)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as error:
+        if (cache / file_name).exists():
+            raise WeightsError(
+                f"{what} in torch's cache folder {cache} could not be loaded ({error}); delete {file_name} "
+                "there to download it again"
+            ) from error
+        raise WeightsError(
+            f"{what} are needed (a folder with frozen_backbone stores the decoder alone and takes the backbone "
+            f"from torchvision) but are not in torch's cache folder {cache} and could not be downloaded ({error}). "
+            f"Connect to the network once, or put {file_name} into {cache} (for MobileNetV2 IMAGENET1K_V1, "
+            f"`{SEED_TORCH_CACHE}` seeds it offline); TORCH_HOME moves the cache"
+        ) from error
+
+
+def check_published_backbone(config: RefineNetConfig, tensors: Mapping[str, Tensor]) -> None:
+    """Refuse backbone tensors (keys under ``backbone.``) that are not torchvision's
+    ``config.frozen_backbone`` weights exactly (in the tensors' own dtype, so an fp16 copy of
+    them passes): a folder with a frozen backbone does not store it, so saving a model whose
+    backbone was changed would silently publish a different model."""
+    published = {BACKBONE_PREFIX + k: v for k, v in published_backbone(config).state_dict().items()}
+    check_state_dict({k: v.shape for k, v in published.items()}, tensors, "the backbone to save")
+    changed = sorted(k for k, v in tensors.items() if not torch.equal(v.detach().cpu(), published[k].to(v.dtype)))
+    if changed:
+        more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
+        raise WeightsError(
+            f"the model's backbone is not torchvision's {config.frozen_backbone} weights as published "
+            f"({', '.join(changed[:5])}{more} differ); a folder with frozen_backbone stores the decoder alone and "
+            "loads the published backbone, so it would not hold this model"
+        )
+
+
 def check_state_dict(expected: Mapping[str, torch.Size], state_dict: Mapping[str, Tensor], where: str = "") -> None:
     """Raise :class:`StrictLoadError` unless ``state_dict`` has exactly the expected keys and shapes."""
     missing = [k for k in expected if k not in state_dict]
@@ -226,6 +302,10 @@ def save_pretrained(
     ``model`` is a RefineNet (its own config is used) or a state dict with ``config``. The
     tensors are checked against the config's model first, so a saved folder always loads.
     ``metrics`` (name -> percent) and ``provenance`` go into the model card.
+
+    With a ``frozen_backbone`` in the config only the decoder's tensors are written; the state
+    dict may hold the backbone's too (a whole model's), and they must then be torchvision's
+    published weights exactly (:func:`check_published_backbone`), or nothing is written.
     """
     if isinstance(model, nn.Module):
         config = config or getattr(model, "config", None)
@@ -235,7 +315,10 @@ def save_pretrained(
     if config is None:
         raise ValueError("save_pretrained needs the model's RefineNetConfig")
     expected = skeleton(config)
-    check_state_dict(tensor_shapes(expected), state_dict, "the model to save")
+    stored = stored_tensors(config, state_dict)
+    check_state_dict(stored_tensor_shapes(expected), stored, "the model to save")
+    if len(stored) < len(state_dict):  # a whole model's state dict, its frozen backbone included
+        check_published_backbone(config, {k: v for k, v in state_dict.items() if k not in stored})
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     targets = [folder / CONFIG_NAME, folder / WEIGHTS_NAME, folder / CARD_NAME]
@@ -247,13 +330,16 @@ def save_pretrained(
         title=title,
         repo_id=repo_id,
         parameters=count_parameters(expected),
+        stored_parameters=sum(p.numel() for n, p in expected.named_parameters() if n in stored)
+        if config.frozen_backbone
+        else None,
         metrics=metrics,
         provenance=provenance,
         license_name=license_name,
         license_text=license_text,
         sections=card_sections,
     )
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in stored.items()}
     # Write next to the target, then rename: an interrupted save never leaves a half-written file.
     _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     _atomic_write(folder / CONFIG_NAME, lambda tmp: config.save(tmp))
@@ -280,7 +366,12 @@ def load_folder(
     """Load a model folder strictly, in eval mode. ``sha256`` (of model.safetensors) is checked
     first when given. The config is validated and the weights' size worked out from it, and the
     safetensors header read, before a tensor is allocated or the file mapped; either above
-    ``max_weight_bytes`` is refused (:class:`TooLargeError`)."""
+    ``max_weight_bytes`` is refused (:class:`TooLargeError`). The budget counts the whole model,
+    a frozen backbone included: loading allocates it too.
+
+    A folder whose config names a ``frozen_backbone`` holds exactly the decoder's tensors (a
+    backbone key in it is unexpected); they are checked before the backbone is fetched from
+    torchvision (:func:`published_backbone`), so a broken folder fails without a download."""
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     for path in (config_path, weights_path):
@@ -303,6 +394,10 @@ def load_folder(
         state_dict = load_file(str(weights_path))
     except (SafetensorError, OSError) as error:
         raise WeightsError(f"{weights_path} is not a readable safetensors file: {error}") from error
+    if config.frozen_backbone:
+        check_state_dict(stored_tensor_shapes(model), state_dict, str(weights_path))
+        backbone = published_backbone(config)
+        state_dict = {**{BACKBONE_PREFIX + k: v for k, v in backbone.state_dict().items()}, **state_dict}
     model = model_from_state_dict(model, state_dict, str(weights_path))
     if device is not None:
         model = model.to(device)
@@ -310,6 +405,7 @@ def load_folder(
 
 
 __all__ = [
+    "BACKBONE_PREFIX",
     "CARD_NAME",
     "CONFIG_NAME",
     "WEIGHTS_NAME",
@@ -319,15 +415,19 @@ __all__ = [
     "StrictLoadError",
     "TooLargeError",
     "WeightsError",
+    "check_published_backbone",
     "check_state_dict",
     "check_weight_budget",
     "load_folder",
     "load_state_dict_strict",
     "model_from_state_dict",
+    "published_backbone",
     "save_pretrained",
     "safetensors_data_bytes",
     "sha256_file",
     "skeleton",
+    "stored_tensor_shapes",
+    "stored_tensors",
     "tensor_shapes",
     "weight_bytes",
 ]

@@ -30,7 +30,9 @@ def _front_matter(config: RefineNetConfig, metrics: Mapping[str, float] | None, 
     return "---\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True) + "---\n"
 
 
-def _architecture_rows(config: RefineNetConfig, parameters: int | None) -> list[str]:
+def _architecture_rows(
+    config: RefineNetConfig, parameters: int | None, stored_parameters: int | None = None
+) -> list[str]:
     blocks = ", ".join(f"{n}: {w}" for n, w in zip(config.block_names, config.widths, strict=True))
     rows = [
         ("architecture", "Light-Weight RefineNet" if config.architecture == "lw-refinenet" else "RefineNet"),
@@ -47,6 +49,19 @@ def _architecture_rows(config: RefineNetConfig, parameters: int | None) -> list[
     ]
     if config.backbone_init:
         rows.insert(2, ("backbone initialisation", config.backbone_init))
+    if config.frozen_backbone:
+        # The folder holds the decoder alone: say where the rest of the model comes from.
+        rows.insert(
+            2,
+            (
+                "backbone weights",
+                f"torchvision's `{config.frozen_backbone}` {config.backbone} weights, frozen (kept exactly as "
+                "published while the decoder trained); not stored in this folder: loading fetches them with "
+                "torchvision's weights API (downloaded on first use, from torch's cache after)",
+            ),
+        )
+    if stored_parameters is not None:
+        rows.insert(2, ("parameters stored here (the decoder)", f"{stored_parameters:,}"))
     if parameters is not None:
         rows.insert(2, ("parameters", f"{parameters:,}"))
     return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
@@ -58,6 +73,7 @@ def render_model_card(
     title: str | None = None,
     repo_id: str | None = None,
     parameters: int | None = None,
+    stored_parameters: int | None = None,
     metrics: Mapping[str, float] | None = None,
     provenance: Mapping[str, Any] | None = None,
     license_name: str | None = None,
@@ -67,12 +83,13 @@ def render_model_card(
     """The full README.md text. ``provenance`` (converted models) records the source file,
     its sha256 and layout; ``metrics`` maps metric names to values in percent; ``sections``
     (heading -> markdown) adds what a trained model's card needs: per-class results, the exact
-    training and evaluation commands, data citations."""
+    training and evaluation commands, data citations. ``stored_parameters`` (a folder with a
+    ``frozen_backbone``) counts the parameters the folder itself holds."""
     name = title or f"{'Light-Weight ' if config.architecture == 'lw-refinenet' else ''}RefineNet, {config.backbone}"
     lines = [_front_matter(config, metrics, license_name), f"# {name}", ""]
     if config.description:
         lines += [config.description, ""]
-    lines += ["## Architecture", "", *_architecture_rows(config, parameters), ""]
+    lines += ["## Architecture", "", *_architecture_rows(config, parameters, stored_parameters), ""]
     if config.class_names:
         lines += ["## Classes", "", ", ".join(f"{i} {n}" for i, n in enumerate(config.class_names)), ""]
     lines += ["## Training data and results", ""]
@@ -108,6 +125,15 @@ def render_model_card(
         "logits = model(images)  # N x classes x H/4 x W/4 for normalised N x 3 x H x W input",
         "```",
         "",
+        *(
+            [
+                f"Loading also needs torchvision's `{config.frozen_backbone}` {config.backbone} weights: "
+                "torchvision downloads them into torch's cache the first time.",
+                "",
+            ]
+            if config.frozen_backbone
+            else []
+        ),
         "Publish a folder like this one with `refinenet push FOLDER --repo-id ORG/NAME`.",
         "",
     ]

@@ -5,7 +5,8 @@ ClassMix between the images of a batch; AdamW or SGD with momentum, with a highe
 for the randomly initialised decoder than for the pretrained backbone; poly learning-rate decay
 per step; cross-entropy that ignores the void label, optionally plus distillation from a teacher's
 class probabilities on the same crop. The backbone starts from torchvision's ImageNet weights or
-from an encoder state dict in a file (e.g. a segmentation teacher's encoder). Every epoch ends
+from an encoder state dict in a file (e.g. a segmentation teacher's encoder), or stays frozen at
+torchvision's weights (``freeze_backbone``: the decoder alone trains and is exported). Every epoch ends
 with a checkpoint (model, optimiser, step, random states), so an interrupted run continues where
 it stopped; a finished run is exported as a Hub-layout model folder.
 """
@@ -46,6 +47,7 @@ from .data import (
     set_epoch,
 )
 from .evaluate import evaluate_model
+from .folder import stored_tensors
 from .models import RefineNet, build_model
 
 
@@ -62,6 +64,14 @@ class TrainConfig:
     # "train": backbone batch norms use and update batch statistics; "frozen": they keep the
     # pretrained statistics (eval mode) while their scale and shift still learn.
     backbone_bn: str = "train"
+    # Keep the backbone exactly as torchvision publishes it: no gradient, batch norms in eval mode
+    # (whatever backbone_bn says), only the decoder in the optimiser (lr_backbone is then unused).
+    # The exported model folders record it as the config's frozen_backbone and store the decoder
+    # alone; loading fetches the backbone from torchvision. Needs backbone_weights to be a
+    # torchvision weights name: a file's or a random backbone could not be fetched again.
+    # Why: models that share one frozen encoder (an ablation family) bundle their decoders only,
+    # and their differences are the decoders' alone.
+    freeze_backbone: bool = False
     # Knowledge distillation: {"teacher": folder of teacher.py, "weight": w}. Adds w x KL(teacher
     # || student) on every photo pixel of the crop, the teacher's probabilities restricted to the
     # classes the crop's human boxes allow (needs boxes.json in the training split).
@@ -94,6 +104,17 @@ class TrainConfig:
                 raise ValueError("distill needs a 'teacher' folder (holding teacher.py)")
             if self.class_mix:
                 raise ValueError("class_mix and distill do not combine: a pasted region has no teacher view")
+        if self.freeze_backbone:
+            weights = self.backbone_weights
+            if not isinstance(weights, str) or not weights or weights.endswith(".safetensors"):
+                raise ValueError(
+                    f"freeze_backbone needs backbone_weights to be a torchvision weights name such as IMAGENET1K_V1, "
+                    f"not {weights!r}: the exported folders store the decoder alone and load the backbone from "
+                    "torchvision, which cannot give back a random backbone or one from a file"
+                )
+            if "frozen_backbone" in self.model:
+                raise ValueError("set freeze_backbone: true (with backbone_weights), not model.frozen_backbone")
+            self.model_config()  # the weights name must be one the backbone has (a ConfigError otherwise)
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -110,6 +131,10 @@ class TrainConfig:
         return cls(**raw)
 
     def model_config(self) -> RefineNetConfig:
+        """The model's config; with ``freeze_backbone`` it records ``frozen_backbone`` (the
+        torchvision weights name), so every folder the run exports stores the decoder alone."""
+        if self.freeze_backbone:
+            return RefineNetConfig(**{**self.model, "frozen_backbone": self.backbone_weights})
         return RefineNetConfig(**self.model)
 
     @property
@@ -253,13 +278,31 @@ class Distiller:
 
 
 def parameter_groups(model: RefineNet, lr_backbone: float, lr_decoder: float) -> list[dict]:
+    """The optimiser's parameter groups, backbone then decoder (always the last group). A frozen
+    backbone (no parameter requiring a gradient, see :func:`freeze_backbone`) gets no group: the
+    optimiser then never touches it, not even through weight decay, and ``lr_backbone`` is unused."""
     backbone = list(model.backbone.parameters())
     ids = {id(p) for p in backbone}
     decoder = [p for p in model.parameters() if id(p) not in ids]
-    return [
-        {"params": backbone, "lr": lr_backbone, "base_lr": lr_backbone},
-        {"params": decoder, "lr": lr_decoder, "base_lr": lr_decoder},
-    ]
+    trainable = [p for p in backbone if p.requires_grad]
+    groups = [{"params": trainable, "lr": lr_backbone, "base_lr": lr_backbone}] if trainable else []
+    return [*groups, {"params": decoder, "lr": lr_decoder, "base_lr": lr_decoder}]
+
+
+def freeze_backbone(model: RefineNet) -> None:
+    """Stop the backbone's parameters from learning (no gradient is computed for them). Its batch
+    norms must also keep their statistics: call :func:`freeze_batch_norm_statistics` after each
+    ``train()``."""
+    model.backbone.requires_grad_(False)
+
+
+def check_backbone_unchanged(model: RefineNet, reference: dict[str, torch.Tensor]) -> None:
+    """Raise unless the backbone's tensors equal ``reference`` (its state when the run started):
+    a folder with a frozen backbone stores the decoder alone, so a backbone that moved would be
+    silently replaced by torchvision's at load time."""
+    changed = [k for k, v in model.backbone.state_dict().items() if not torch.equal(v.cpu(), reference[k])]
+    if changed:
+        raise RuntimeError(f"the frozen backbone changed during training: {', '.join(changed[:5])}")
 
 
 def build_optimizer(cfg: TrainConfig, model: RefineNet) -> torch.optim.Optimizer:
@@ -388,12 +431,15 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def export_model_folder(model: RefineNet, folder: Path, max_fp32_bytes: int = 20_000_000) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (fp16 when fp32 would exceed 20 MB)."""
+    """Write ``config.json`` + ``model.safetensors`` (fp16 when fp32 would exceed 20 MB); the
+    decoder's tensors alone when the config names a ``frozen_backbone`` (as
+    :func:`refinenet.folder.save_pretrained` writes such folders)."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     model.config.save(folder / "config.json")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    stored = stored_tensors(model.config, model.state_dict())
+    state = {k: v.detach().cpu().contiguous() for k, v in stored.items()}
     size = sum(v.numel() * v.element_size() for v in state.values())
     if size > max_fp32_bytes:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
@@ -457,6 +503,10 @@ def train(
     model = build_model(model_config, torchvision_weights)
     load_encoder(model, cfg.backbone_weights)
     zero_init_residual_branches(model)
+    published: dict[str, torch.Tensor] | None = None
+    if cfg.freeze_backbone:
+        freeze_backbone(model)
+        published = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     # Module.to accepts device and memory_format together; torch's overloads leave that out.
     model = model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = build_optimizer(cfg, model)
@@ -516,7 +566,7 @@ def train(
         start = time.time()
         losses = []
         net.train()
-        if cfg.backbone_bn == "frozen":
+        if cfg.backbone_bn == "frozen" or cfg.freeze_backbone:
             freeze_batch_norm_statistics(model.backbone)
         bar = tqdm(
             loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, dynamic_ncols=True
@@ -540,7 +590,7 @@ def train(
             losses.append(loss)
             step += 1
             done_this_call += 1
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{optimizer.param_groups[1]['lr']:.2e}")
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{optimizer.param_groups[-1]['lr']:.2e}")
             if max_steps is not None and done_this_call >= max_steps:
                 break
         if len(losses) < len(loader):
@@ -573,6 +623,8 @@ def train(
                 if key in result:
                     record[f"val_{key}"] = round(result[key], 2)
             # Every validated epoch keeps its weights, so the best one can be released, not just the last.
+            if published is not None:
+                check_backbone_unchanged(model, published)
             export_model_folder(model, run_dir / f"model-e{epoch}")
         if rank == 0:
             record["crp_input_positive"] = block_health(model, probe)
@@ -593,6 +645,8 @@ def train(
             break
 
     if rank == 0 and epoch >= cfg.epochs:
+        if published is not None:
+            check_backbone_unchanged(model, published)
         export_model_folder(model, run_dir / "model")
     if world > 1:
         dist.barrier()

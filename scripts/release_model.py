@@ -8,7 +8,8 @@
 Steps: evaluate the run's exported model on the dataset's evaluation split with ``refinenet eval``
 (CamVid test; the teacher-labelled VOC val) at a single scale, then at scales 0.75/1/1.25 with
 flips, write ``refinenet/weights/<id>/`` with
-``save_pretrained`` (fp16 tensors when fp32 would exceed 20 MB) and a model card holding the
+``save_pretrained`` (fp16 tensors when fp32 would exceed 20 MB, or always with ``--fp16``; a
+model with a frozen backbone stores its decoder alone) and a model card holding the
 per-class table, the exact commands and the data citation, keep the eval JSON and confusion
 plot beside the weights, and print the sha256 to put in ``refinenet/zoo.py``.
 """
@@ -28,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from refinenet.cli import main as refinenet_cli  # noqa: E402
 from refinenet.data import CAMVID_ROOT, VOC_PSEUDO_ROOT  # noqa: E402
-from refinenet.folder import save_pretrained  # noqa: E402
+from refinenet.folder import save_pretrained, stored_tensors  # noqa: E402
 from refinenet.hub import from_pretrained  # noqa: E402
 from refinenet.models import count_parameters  # noqa: E402
 from refinenet.train import TrainConfig  # noqa: E402
@@ -245,6 +246,12 @@ def main() -> int:
         "card; repeatable",
     )
     parser.add_argument("--comparison-epoch", type=int, default=3)
+    parser.add_argument(
+        "--fp16",
+        action="store_true",
+        help="store the floating tensors in fp16 even when fp32 stays under 20 MB (a family of models that "
+        "shares the 20 MB budget, such as the CamVid ablation's decoders)",
+    )
     parser.add_argument("--skip-multiscale", action="store_true", help="evaluate at a single scale only")
     parser.add_argument(
         "--reuse-eval",
@@ -275,8 +282,9 @@ def main() -> int:
     # Write the weights first and evaluate the written folder, so that the published numbers
     # are those of the committed (possibly fp16) tensors, not of the run's fp32 copy.
     model = from_pretrained(str(model_dir))
-    state = model.state_dict()
-    if sum(t.numel() * t.element_size() for t in state.values()) > 20_000_000:
+    # What the folder stores: the decoder alone when the backbone is torchvision's frozen weights.
+    state = stored_tensors(model.config, model.state_dict())
+    if args.fp16 or sum(t.numel() * t.element_size() for t in state.values()) > 20_000_000:
         state = {k: t.half() if t.is_floating_point() else t for k, t in state.items()}
     save_pretrained(state, out, model.config)
 
@@ -321,6 +329,7 @@ def main() -> int:
         f"--id {args.id}"
         + ("" if args.dataset == "camvid" else f" --dataset {args.dataset}")
         + ("" if args.epoch is None else f" --epoch {args.epoch}")
+        + (" --fp16" if args.fp16 else "")
     )
     training = [
         f"Reproduce (resumes if interrupted; {profile['train_note']}):",

@@ -10,10 +10,14 @@ label maps show several classes: tests comparing label maps then compare somethi
 
 from __future__ import annotations
 
+import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
+import torch.hub
+import torchvision
 from safetensors.torch import save_file
 
 import refinenet
@@ -82,3 +86,47 @@ def save_model_folder(model: RefineNet, folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_model_folder(make_tiny_model(), tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+def torchvision_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
+    """torch's hub cache moved to a temporary ``TORCH_HOME``, holding a *random* MobileNetV2 under
+    the exact file name of torchvision's ``IMAGENET1K_V1`` weights (``mobilenet_v2-b0353104.pth``,
+    a whole torchvision ``mobilenet_v2`` state dict, classifier included). torchvision's weights
+    API loads a file already in the cache without checking its hash, so the real loading code
+    runs, offline and in milliseconds. Returns the state dict the file holds (batch-norm
+    statistics drawn at random too, so that comparing them compares something).
+    """
+    from refinenet.backbones import torchvision_weights_file
+
+    home = tmp_path / "torch-home"
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # torch.hub.set_dir would win over TORCH_HOME
+    generator = torch.Generator().manual_seed(20)
+    net = torchvision.models.mobilenet_v2()
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2, generator=generator)
+                module.running_var.uniform_(0.5, 1.5, generator=generator)
+    state = net.state_dict()
+    torch.save(state, checkpoints / torchvision_weights_file("mobilenetv2", "IMAGENET1K_V1"))
+    return state
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch):
+    """Send every urllib request (torch.hub's downloads) to a proxy on a local port that refuses
+    connections, so a test can reach no server outside the machine. 127.0.0.1 and localhost are
+    left direct (the local Hub of tests/hub_server.py)."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: every connection is refused
+        proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+            monkeypatch.setenv(name, proxy)
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.setenv(name, "127.0.0.1,localhost")
+        monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen builds its opener afresh, from these
+        yield proxy

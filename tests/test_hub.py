@@ -226,7 +226,8 @@ def child_env(tmp_path: Path, endpoint: str, **extra: str) -> dict[str, str]:
         HF_HOME=str(tmp_path / "hf-home"),
         HF_HUB_DISABLE_TELEMETRY="1",
         HF_HUB_DISABLE_PROGRESS_BARS="1",
-        PYTHONPATH=str(TESTS),
+        # The checkout's package first, not whichever copy is installed (e.g. another worktree's).
+        PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]),
         **extra,
     )
     return env

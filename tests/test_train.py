@@ -327,3 +327,82 @@ def test_until_epoch_stops_at_that_epoch_of_the_schedule_and_repeats_nothing(tmp
     assert state["epoch"] == 1 and len(state["history"]) == 1
     train(cfg, progress=False)  # the rest of the same schedule
     assert load_checkpoint(run / "last.pt")["epoch"] == 3 and (run / "model" / "config.json").exists()
+
+
+# --------------------------------------------------------------------------- frozen backbone
+
+
+def test_freeze_backbone_needs_torchvision_weights_by_name(tmp_path):
+    """The exported folders store the decoder alone and load the backbone from torchvision, so
+    the backbone must be torchvision's weights: not a file's, not a random one, not a name the
+    backbone has no weights under."""
+    for weights in (str(tmp_path / "encoder.safetensors"), None, ""):
+        with pytest.raises(ValueError, match="freeze_backbone needs backbone_weights to be a torchvision weights"):
+            TrainConfig(name="t", model=dict(TINY_MODEL), data={}, backbone_weights=weights, freeze_backbone=True)
+    with pytest.raises(ValueError, match="frozen_backbone: 'IMAGENET9K_V9' is not a torchvision weights name"):
+        TrainConfig(name="t", model=dict(TINY_MODEL), data={}, backbone_weights="IMAGENET9K_V9", freeze_backbone=True)
+    with pytest.raises(ValueError, match="set freeze_backbone: true"):
+        TrainConfig(name="t", model=dict(TINY_MODEL, frozen_backbone="IMAGENET1K_V1"), data={}, freeze_backbone=True)
+    cfg = TrainConfig(name="t", model=dict(TINY_MODEL), data={}, freeze_backbone=True)
+    assert cfg.model_config().frozen_backbone == "IMAGENET1K_V1"
+    assert TrainConfig(name="t", model=dict(TINY_MODEL), data={}).model_config().frozen_backbone == ""
+
+
+def test_a_frozen_backbone_gets_no_optimiser_group():
+    from refinenet.train import freeze_backbone
+
+    model = build_model(TrainConfig(name="t", model=dict(TINY_MODEL), data={}, backbone_weights=None).model_config())
+    freeze_backbone(model)
+    groups = parameter_groups(model, 1e-4, 1e-3)
+    assert len(groups) == 1 and groups[0]["lr"] == 1e-3
+    backbone = {id(p) for p in model.backbone.parameters()}
+    assert not any(id(p) in backbone for p in groups[0]["params"])
+    assert len(groups[0]["params"]) == sum(1 for n, _ in model.named_parameters() if not n.startswith("backbone."))
+
+
+@pytest.mark.usefixtures("no_network")
+def test_training_with_a_frozen_backbone_keeps_it_as_published_and_exports_the_decoder(tmp_path, torchvision_cache):
+    """A few steps on generated data, interrupted and resumed: torchvision's weights (a random
+    MobileNetV2 in a temporary torch cache) come out bit-identical, batch-norm statistics
+    included, while the decoder learns; every exported folder stores the decoder alone and loads
+    with the cached backbone."""
+    from safetensors.torch import load_file
+
+    from refinenet.folder import load_folder
+
+    torch.set_num_threads(1)
+    data = tmp_path / "data"
+    make_folder(data / "train" / "images", data / "train" / "labels", [str(i) for i in range(6)], size=(48, 40))
+    make_folder(data / "val" / "images", data / "val" / "labels", ["v0"], size=(48, 40))
+    cfg = tiny_config(
+        tmp_path,
+        epochs=2,
+        name="frozen",
+        backbone_weights="IMAGENET1K_V1",
+        freeze_backbone=True,
+        eval_every=1,
+        data={"kind": "folders", "root": str(data), "train_split": "train", "val_split": "val", "ignore_index": 255},
+    )
+    run = train(cfg, max_steps=3, progress=False)  # the first epoch, then stop
+    assert not (run / "model").exists() and (run / "model-e1").is_dir()
+    start = load_checkpoint(run / "last.pt")
+    assert len(start["optimizer"]["param_groups"]) == 1  # the decoder's alone
+    train(cfg, progress=False)  # resumes for the second epoch
+    state = load_checkpoint(run / "last.pt")
+    assert state["epoch"] == 2 and state["step"] == 6
+    published = {  # torchvision's MobileNetV2 features 0..17: what the backbone keeps
+        f"backbone.{k}": v
+        for k, v in torchvision_cache.items()
+        if k.startswith("features.") and not k.startswith("features.18.")
+    }
+    assert published.keys() == {k for k in state["model"] if k.startswith("backbone.")}
+    for key, value in published.items():
+        assert torch.equal(state["model"][key], value), key
+    assert not torch.equal(state["model"]["classifier.weight"], start["model"]["classifier.weight"])
+    for folder in (run / "model-e1", run / "model-e2", run / "model"):
+        assert json.loads((folder / "config.json").read_text())["frozen_backbone"] == "IMAGENET1K_V1"
+        stored = load_file(str(folder / "model.safetensors"))
+        assert stored and not any(k.startswith("backbone.") for k in stored)
+    loaded = load_folder(run / "model")
+    for key, value in state["model"].items():
+        assert torch.equal(loaded.state_dict()[key], value), key

@@ -16,15 +16,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def describe(entry, override: str | Path | None = None) -> str:
-    """One line per zoo entry: where it lives, whether its bundled copy is installed, its metrics."""
-    from refinenet.folder import WEIGHTS_NAME
+    """One line per zoo entry: where it lives, whether its bundled copy is installed (and, for a
+    folder that stores its decoder alone, the torchvision weights loading takes its backbone
+    from), its metrics."""
+    from refinenet.config import RefineNetConfig
+    from refinenet.folder import CONFIG_NAME, WEIGHTS_NAME
     from refinenet.zoo import bundled_folder
 
     where = entry.repo_id + (f"@{entry.revision}" if entry.revision else "") if entry.repo_id else "not on the Hub yet"
     bundled = ""
     if entry.bundled:
-        present = (bundled_folder(entry.model_id, override) / WEIGHTS_NAME).is_file()
+        folder = bundled_folder(entry.model_id, override)
+        present = (folder / WEIGHTS_NAME).is_file()
         bundled = ", bundled" + ("" if present else " (folder missing)")
+        try:
+            frozen = RefineNetConfig.load(folder / CONFIG_NAME).frozen_backbone if present else ""
+        except (OSError, ValueError, TypeError):
+            frozen = ""  # `refinenet models --check` and loading report a broken folder
+        if frozen:
+            bundled += f" (decoder only; backbone: torchvision's {frozen} weights, frozen)"
     metrics = ", ".join(f"{k} {v:.1f}" for k, v in entry.metrics.items()) or "no metrics yet"
     return f"{entry.model_id}: {entry.title} [{where}{bundled}; {entry.dataset}; {metrics}]"
 
