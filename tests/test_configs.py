@@ -94,30 +94,29 @@ def test_voc_config_uses_the_standard_classes_and_colours():
 
 
 ABLATION = sorted(p for p in CONFIGS if p.stem.startswith("camvid-ablation-"))
+_ABLATION_VARIANTS = {"4cascade", "4cascade-seed1", "2cascade", "1cascade", "1cascade-seed1", "nocrp"}
 
 
 def test_the_ablation_variants_share_one_recipe_and_differ_only_where_named():
     """Issue 20's table compares architectures, so everything else must be the same: schedule,
-    data, width and (but for the repeated seeds) seed; each variant's difference is its cascade or
-    its CRP stages, and the repeated seeds differ in the seed alone."""
+    data, width, the frozen ImageNet backbone and (but for the repeated seeds) seed; each variant's
+    difference is its cascade or its CRP stages, and the repeated seeds differ in the seed alone.
+    All six are bundled, so their folders (the decoders alone, in fp16) must fit in 20 MB together."""
     import dataclasses
 
     import torch
 
+    from refinenet.folder import stored_tensor_shapes
     from refinenet.models import build_model
 
-    assert {p.stem.removeprefix("camvid-ablation-") for p in ABLATION} >= {
-        "4cascade",
-        "4cascade-seed1",
-        "2cascade",
-        "1cascade",
-        "1cascade-seed1",
-        "nocrp",
-    }
+    # Exactly the six bundled variants: the size budget below adds up all of them.
+    assert {p.stem.removeprefix("camvid-ablation-") for p in ABLATION} == _ABLATION_VARIANTS
     reference = TrainConfig.load(next(p for p in ABLATION if p.stem == "camvid-ablation-4cascade"))
     released = TrainConfig.load(next(p for p in CONFIGS if p.stem == "camvid-refinenet-mobilenetv2"))
+    stored_fp16_bytes = 0
     for path in ABLATION:
         cfg = TrainConfig.load(path)
+        assert cfg.freeze_backbone and cfg.backbone_weights == "IMAGENET1K_V1", path.stem
         recipe = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
         for name in ("epochs", "data", "crop_size", "batch_size", "lr_decoder", "lr_backbone", "backbone_weights"):
             assert recipe[name] == getattr(released, name), (path.stem, name)
@@ -126,7 +125,8 @@ def test_the_ablation_variants_share_one_recipe_and_differ_only_where_named():
                 assert value == getattr(reference, name), (path.stem, name)
         assert cfg.seed == (1 if path.stem.endswith("-seed1") else 0)
         model = cfg.model_config()
-        assert set(model.widths) == {64} and len(model.widths) == len(model.cascade)
+        assert model.frozen_backbone == "IMAGENET1K_V1", path.stem
+        assert set(model.widths) == {48} and len(model.widths) == len(model.cascade)
         changed = {
             k for k, v in dataclasses.asdict(model).items() if v != dataclasses.asdict(reference.model_config())[k]
         }
@@ -138,3 +138,11 @@ def test_the_ablation_variants_share_one_recipe_and_differ_only_where_named():
         net = build_model(model).eval()
         with torch.no_grad():
             assert net(torch.rand(1, 3, 64, 64)).shape == (1, 11, 16, 16)
+        # What its folder stores: the decoder, every tensor but the backbone's, in fp16
+        # (scripts/release_model.py --fp16).
+        decoder = {k: v for k, v in net.state_dict().items() if not k.startswith("backbone.")}
+        assert stored_tensor_shapes(model) == {k: v.shape for k, v in decoder.items()}
+        stored_fp16_bytes += sum(
+            v.numel() * (2 if v.is_floating_point() else v.element_size()) for v in decoder.values()
+        )
+    assert stored_fp16_bytes <= 20_000_000, f"the six decoders take {stored_fp16_bytes / 1e6:.2f} MB in fp16"
