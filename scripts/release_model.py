@@ -43,7 +43,7 @@ CAMVID_CITATION = (
 LICENSE_TEXT = (
     "The weights were trained by this project on CamVid, whose frames are released for research use; they are "
     "published for research and teaching under the same terms (no commercial use of the data they encode is "
-    "implied). The backbone starts from torchvision's ImageNet MobileNetV2 weights (BSD-3-Clause). The code of "
+    "implied). The backbone {backbone_use} torchvision's ImageNet MobileNetV2 weights (BSD-3-Clause). The code of "
     "this project is MIT-licensed. Cite the CamVid paper when you use these weights."
 )
 
@@ -61,7 +61,7 @@ VOC_CITATION = (
 VOC_LICENSE_TEXT = (
     "The weights were trained by this project on VOC 2007 photos (research use under the VOC terms; each image "
     "keeps its Flickr terms) with labels made by{distilled} the TensorFlow DeepLab authors' "
-    "DeepLabV3-MobileNetV2 teacher (Apache-2.0). The backbone starts from {backbone_init}. They are published "
+    "DeepLabV3-MobileNetV2 teacher (Apache-2.0). The backbone {backbone_use} {backbone_init}. They are published "
     "for research and teaching. The code of this project is MIT-licensed. Cite the PASCAL VOC paper and credit "
     "the TensorFlow DeepLab authors when you use these weights."
 )
@@ -395,7 +395,9 @@ def main() -> int:
         metrics=metrics,
         license_name=profile["license"],
         license_text=profile["license_text"].format(
-            backbone_init=backbone_init, distilled=", and distillation from," if train_config.distill else ""
+            backbone_init=backbone_init,
+            backbone_use="is, frozen and unchanged," if model.config.frozen_backbone else "starts from",
+            distilled=", and distillation from," if train_config.distill else "",
         ),
         card_sections=sections,
     )
