@@ -7,8 +7,9 @@ per step; cross-entropy that ignores the void label, optionally plus distillatio
 class probabilities on the same crop. The backbone starts from torchvision's ImageNet weights or
 from an encoder state dict in a file (e.g. a segmentation teacher's encoder), or stays frozen at
 torchvision's weights (``freeze_backbone``: the decoder alone trains and is exported). Every epoch ends
-with a checkpoint (model, optimiser, step, random states), so an interrupted run continues where
-it stopped; a finished run is exported as a Hub-layout model folder.
+with a checkpoint (model, optimiser, step, random states), and every ``checkpoint_every`` steps
+within an epoch too, so an interrupted run continues exactly where it stopped (a 3-hour session
+on 2 cores ends mid-epoch); a finished run is exported as a Hub-layout model folder.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     eval_every: int = 0  # epochs between validation passes; 0 = only at the end
+    # Steps between checkpoints inside an epoch (0: at epoch ends only). An epoch of VOC takes
+    # about 15 minutes on 2 cores; a run cut off by the end of a session loses at most this many.
+    checkpoint_every: int = 50
     amp: bool = True  # mixed precision where the hardware has it natively (see autocast_dtype_for)
     output_dir: str = "runs"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -396,26 +400,55 @@ def block_health(model: RefineNet, x: torch.Tensor) -> dict[str, float]:
     return {b.name: round(b.crp.positive_share(), 4) for b in output.blocks}
 
 
+@dataclass
+class PartialEpoch:
+    """Where a checkpoint written inside an epoch stands: the batches of that epoch already
+    trained on (the epoch's order is seeded, so resuming skips exactly these), their losses, the
+    time spent, and the ClassMix generator's state."""
+
+    batches: int
+    losses: list[float]
+    seconds: float
+    mix_generator: torch.Tensor
+
+
 def capture_state(
-    model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int, history: list[dict]
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    step: int,
+    history: list[dict],
+    partial: PartialEpoch | None = None,
 ) -> dict:
+    """``epoch`` counts finished epochs; ``partial`` says how far into the next one the run is."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
         "step": step,
         "history": history,
+        "partial_epoch": None if partial is None else vars(partial),
         "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
     }
 
 
-def restore_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int, list[dict]]:
+def restore_state(
+    state: dict, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[int, int, list[dict], PartialEpoch | None]:
+    """Model, optimiser and progress of a checkpoint; its random states are set apart, by
+    :func:`restore_random_state`, right before training goes on."""
     model.load_state_dict(state["model"])  # strict by default: a resumed run must match exactly
     optimizer.load_state_dict(state["optimizer"])
+    partial = state.get("partial_epoch")  # absent in checkpoints written at epoch ends only
+    return state["epoch"], state["step"], state["history"], None if partial is None else PartialEpoch(**partial)
+
+
+def restore_random_state(state: dict) -> None:
+    """The random states saved with a checkpoint. Set after everything that draws from them while
+    a run starts (building the teacher, say), so that dropout repeats the uninterrupted run's."""
     random.setstate(state["rng"]["python"])
     np.random.set_state(state["rng"]["numpy"])
     torch.set_rng_state(state["rng"]["torch"])
-    return state["epoch"], state["step"], state["history"]
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -515,10 +548,13 @@ def train(
     checkpoint = run_dir / "last.pt"
     epoch, step = 0, 0
     history: list[dict] = []
-    if resume and checkpoint.exists():
-        epoch, step, history = restore_state(load_checkpoint(checkpoint), model, optimizer)
+    partial: PartialEpoch | None = None
+    saved = load_checkpoint(checkpoint) if resume and checkpoint.exists() else None
+    if saved is not None:
+        epoch, step, history, partial = restore_state(saved, model, optimizer)
         if rank == 0:
-            print(f"resumed {run_dir} at epoch {epoch}, step {step}", flush=True)
+            within = f" (batch {partial.batches} of epoch {epoch + 1})" if partial else ""
+            print(f"resumed {run_dir} at epoch {epoch}, step {step}{within}", flush=True)
 
     train_set, val_set = build_datasets(cfg, model_config)
     assert isinstance(train_set, Sized), "a map-style dataset, with a length"
@@ -540,6 +576,9 @@ def train(
     # A fixed probe image (the first of the training set, unaugmented) for per-epoch health checks.
     probe_set, _ = build_datasets(cfg, model_config, eval_transform=True)
     probe = _center_crop(probe_set[0][0], cfg.crop_size)[None].to(device).contiguous(memory_format=torch.channels_last)
+    if saved is not None:
+        restore_random_state(saved)
+        del saved
 
     while epoch < (cfg.epochs if until_epoch is None else min(cfg.epochs, until_epoch)):
         set_epoch(train_set, epoch)
@@ -553,23 +592,39 @@ def train(
         )
         if isinstance(sampler, DistributedSampler):  # world > 1
             sampler.set_epoch(epoch)
+        order = list(sampler)
+        batches = len(order) // cfg.batch_size  # drop_last
+        mix_generator = torch.Generator().manual_seed(epoch_seed * 1000 + rank + 1)
+        losses: list[float] = []
+        start = time.time()
+        if partial is not None:  # resume inside this epoch: skip the batches already trained on
+            order = order[partial.batches * cfg.batch_size :]
+            losses = list(partial.losses)
+            start -= partial.seconds
+            mix_generator.set_state(partial.mix_generator)
+            partial = None
         loader = DataLoader(
             train_set,
             batch_size=cfg.batch_size,
-            sampler=sampler,
+            sampler=order,
             num_workers=cfg.num_workers,
             drop_last=True,
             pin_memory=device.type == "cuda",
             collate_fn=collate_with_boxes if distiller is not None else None,
+            # Its own generator: worker seeds must not draw from the global RNG, which dropout
+            # uses and a checkpoint restores, or a resumed run would not repeat the same masks.
+            generator=torch.Generator().manual_seed(epoch_seed),
         )
-        mix_generator = torch.Generator().manual_seed(epoch_seed * 1000 + rank + 1)
-        start = time.time()
-        losses = []
         net.train()
         if cfg.backbone_bn == "frozen" or cfg.freeze_backbone:
             freeze_batch_norm_statistics(model.backbone)
         bar = tqdm(
-            loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, dynamic_ncols=True
+            loader,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            initial=len(losses),
+            total=batches,
+            disable=not progress or rank != 0,
+            dynamic_ncols=True,
         )
         for batch in bar:
             x, y = batch[0], batch[1]
@@ -591,10 +646,15 @@ def train(
             step += 1
             done_this_call += 1
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{optimizer.param_groups[-1]['lr']:.2e}")
-            if max_steps is not None and done_this_call >= max_steps:
+            stopping = max_steps is not None and done_this_call >= max_steps
+            due = stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+            if rank == 0 and due and len(losses) < batches:
+                now = PartialEpoch(len(losses), losses, time.time() - start, mix_generator.get_state())
+                save_checkpoint(capture_state(model, optimizer, epoch, step, history, now), checkpoint)
+            if stopping:
                 break
-        if len(losses) < len(loader):
-            break  # an epoch is the unit of resumption: no checkpoint for a partial one
+        if len(losses) < batches:
+            break  # stopped by max_steps inside the epoch; its checkpoint resumes there
         epoch += 1
         record: dict[str, Any] = {
             "epoch": epoch,

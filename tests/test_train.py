@@ -120,6 +120,52 @@ def test_poly_schedule_with_warmup():
     assert poly_lr(1.0, 100, 100, 0.9) == 0.0
 
 
+def test_a_run_cut_off_inside_an_epoch_resumes_there_exactly(tmp_path):
+    """Checkpoints inside an epoch: a run stopped after 2 of an epoch's 3 batches, then again one
+    batch into the next epoch, ends bit-identical to an uninterrupted run (same batches, ClassMix
+    pairs and dropout masks), and logs the same per-epoch losses."""
+    torch.set_num_threads(1)
+    model = dict(TINY_MODEL, dropout=0.5)  # dropout draws from the global RNG that checkpoints restore
+    options = dict(epochs=2, class_mix=0.5, model=model, checkpoint_every=0)
+    straight = train(tiny_config(tmp_path, name="straight", **options), progress=False)
+    cut = tiny_config(tmp_path, name="cut", **options)
+    run = train(cut, max_steps=2, progress=False)
+    partial = load_checkpoint(run / "last.pt")
+    assert (partial["epoch"], partial["step"], partial["partial_epoch"]["batches"]) == (0, 2, 2)
+    assert not (run / "log.jsonl").exists(), "no epoch has ended yet"
+    train(cut, max_steps=2, progress=False)  # the last batch of epoch 1, then the first of epoch 2
+    assert load_checkpoint(run / "last.pt")["partial_epoch"]["batches"] == 1
+    train(cut, progress=False)
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(run / "last.pt")
+    assert a["step"] == b["step"] == 6 and b["partial_epoch"] is None
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+    logged = [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2], "each epoch is logged once, however often it was resumed"
+
+
+def test_checkpoints_are_written_every_n_steps_inside_an_epoch(tmp_path, monkeypatch):
+    """With ``checkpoint_every: 2`` an epoch of 3 steps writes a partial checkpoint after step 2,
+    then the epoch's own; with 0, only the epoch's. (The real save runs; the spy only records.)"""
+    import refinenet.train as training
+
+    written = []
+    real_save = training.save_checkpoint
+
+    def recording_save(state, path):
+        partial = state["partial_epoch"]
+        written.append((state["step"], None if partial is None else partial["batches"]))
+        real_save(state, path)
+
+    monkeypatch.setattr(training, "save_checkpoint", recording_save)
+    train(tiny_config(tmp_path, epochs=1, name="every2", checkpoint_every=2), progress=False)
+    assert written == [(2, 2), (3, None)]
+    written.clear()
+    train(tiny_config(tmp_path, epochs=1, name="every0", checkpoint_every=0), progress=False)
+    assert written == [(3, None)]
+
+
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     torch.set_num_threads(1)
     # With ClassMix on half the images: its random pairs must also be the same after a resume.
