@@ -180,14 +180,11 @@ def safetensors_data_bytes(path: str | Path, max_bytes: int) -> int:
 
 def stored_tensor_shapes(model_or_config: nn.Module | RefineNetConfig) -> dict[str, torch.Size]:
     """Name -> shape of the tensors a model folder stores for a config (or for a model's config):
-    every tensor of the model, or, when the config names a ``frozen_backbone``, the decoder's
-    alone (no key under ``backbone.``)."""
-    config = model_or_config if isinstance(model_or_config, RefineNetConfig) else model_or_config.config
+    :func:`stored_tensors` of its :func:`skeleton`."""
+    model = skeleton(model_or_config) if isinstance(model_or_config, RefineNetConfig) else model_or_config
+    config = model.config
     assert isinstance(config, RefineNetConfig), "a RefineNet (or its config)"
-    shapes = tensor_shapes(model_or_config)
-    if not config.frozen_backbone:
-        return shapes
-    return {k: v for k, v in shapes.items() if not k.startswith(BACKBONE_PREFIX)}
+    return {k: v.shape for k, v in stored_tensors(config, model.state_dict()).items()}
 
 
 def stored_tensors(config: RefineNetConfig, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:

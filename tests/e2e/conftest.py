@@ -252,3 +252,14 @@ def client(app_server):
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="module")
+def app_module():
+    """``app.py`` imported in this process (it is a script beside the package, not in it)."""
+    sys.path.insert(0, str(REPO))
+    try:
+        import app
+    finally:
+        sys.path.remove(str(REPO))
+    return app

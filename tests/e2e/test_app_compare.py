@@ -5,7 +5,6 @@ operator's folders load in hosting mode, and the networks run on the compute thr
 
 from __future__ import annotations
 
-import sys
 import threading
 
 import numpy as np
@@ -107,16 +106,6 @@ def test_the_compare_server_lists_its_endpoint(compare_client):
 
 
 # ----------------------------------------------------------------------------- in-process
-
-
-@pytest.fixture(scope="module")
-def app_module():
-    sys.path.insert(0, str(REPO))
-    try:
-        import app
-    finally:
-        sys.path.remove(str(REPO))
-    return app
 
 
 def test_without_variants_the_section_is_absent(app_module, app_model_folder, app_server):

@@ -8,7 +8,6 @@ several threads, as Gradio's workers would, and every network run is checked for
 
 from __future__ import annotations
 
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,16 +21,6 @@ pytestmark = pytest.mark.e2e
 
 EXAMPLE = REPO / "assets" / "synthetic-street-day.jpg"
 VIEW_OPTIONS = (0.55, "pca", "per-map", "viridis", 4, None)  # opacity, reduction, scaling, colormap, k, block
-
-
-@pytest.fixture(scope="module")
-def app_module():
-    sys.path.insert(0, str(REPO))
-    try:
-        import app
-    finally:
-        sys.path.remove(str(REPO))
-    return app
 
 
 def test_every_network_run_happens_on_the_compute_thread(app_module, app_model_folder):
