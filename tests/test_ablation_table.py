@@ -1,0 +1,106 @@
+"""scripts/ablation_table.py: the README's ablation table from released variant folders, with a
+hand-made evaluation file and benchmark result standing in for the real measurements."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from refinenet.config import RefineNetConfig
+from refinenet.folder import save_pretrained
+from refinenet.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMVID = [
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
+]
+
+pytestmark = pytest.mark.usefixtures("single_thread", "no_network")
+
+
+@pytest.fixture(scope="module")
+def table():
+    spec = importlib.util.spec_from_file_location("ablation_table", ROOT / "scripts" / "ablation_table.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def variant_folder(tmp_path: Path, name: str, cascade: str, crp_stages: int, miou: float) -> tuple[Path, int]:
+    """A small random variant saved as a release would be, its eval file hand-made; returns the
+    folder and its parameter count, counted here."""
+    config = RefineNetConfig(
+        backbone="mobilenetv2",
+        num_classes=11,
+        widths=[16] * {"4-cascade": 4, "2-cascade": 2, "1-cascade": 1}[cascade],
+        cascade=cascade,
+        crp_stages=crp_stages,
+        class_names=CAMVID,
+        dropout=0.0,
+    )
+    torch.manual_seed(0)
+    model = build_model(config)
+    folder = tmp_path / name
+    save_pretrained(model, folder)
+    per_class = {c: 10.0 + i for i, c in enumerate(CAMVID)}
+    evaluation = {"mIoU": miou, "per_class_iou": per_class, "scales": [1.0], "flip": False}
+    (folder / "eval-test.json").write_text(json.dumps(evaluation))
+    return folder, sum(p.numel() for p in model.parameters())
+
+
+def test_rows_take_each_figure_from_its_measurement(table, tmp_path):
+    four, four_params = variant_folder(tmp_path, "abl-4cascade", "4-cascade", 4, 61.25)
+    one, one_params = variant_folder(tmp_path, "abl-1cascade", "1-cascade", 0, 57.5)
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "abl-4cascade.yaml").write_text(
+        "name: abl-4cascade\nmodel: {num_classes: 11}\ndata: {kind: camvid}\nseed: 7\n"
+    )
+    bench = {
+        "stamp": {"command": "python benchmarks/bench.py --models zoo:abl-4cascade --name ablation"},
+        "models": [
+            {"model": "zoo:abl-4cascade", "sizes": [{"size": "480x360", "batch1": {"fast": {"median_s": 0.0421}}}]},
+            {"model": "lw-mobilenetv2", "sizes": [{"size": "480x360", "batch1": {"fast": {"median_s": 0.5}}}]},
+        ],
+    }
+    latencies = table.bench_latencies(bench)
+    assert latencies == {"abl-4cascade": pytest.approx(42.1)}  # architecture-only rows are not variants
+
+    rows = [table.measure(f.name, f, latencies, configs) for f in (four, one)]
+    assert [r.parameters for r in rows] == [four_params, one_params]
+    assert four_params != one_params
+    assert rows[0].seed == 7 and rows[1].seed is None  # no config, no seed claimed
+    assert rows[0].thin_iou == {"Pole": 12.0, "SignSymbol": 16.0, "Fence": 17.0, "Pedestrian": 19.0, "Bicyclist": 20.0}
+    assert "no CRP (0 stages)" in rows[1].description and "1-cascade" in rows[1].description
+
+    lines = table.markdown(rows, bench["stamp"]["command"]).splitlines()
+    first, second = lines[2].split(" | "), lines[3].split(" | ")
+    assert first[1:8] == ["7", "61.25", "12.0", "16.0", "17.0", "19.0", "20.0"]
+    assert first[-1] == "42 |"
+    assert second[1:3] == ["-", "57.50"] and second[-1] == "- |"  # unmeasured latency is a dash
+    assert "`python benchmarks/bench.py --models zoo:abl-4cascade --name ablation`" in lines[-1]
+
+
+def test_a_multiscale_evaluation_is_refused(table, tmp_path):
+    folder, _ = variant_folder(tmp_path, "abl", "2-cascade", 4, 60.0)
+    evaluation = json.loads((folder / "eval-test.json").read_text())
+    (folder / "eval-test.json").write_text(json.dumps(evaluation | {"scales": [0.75, 1.0, 1.25], "flip": True}))
+    with pytest.raises(ValueError, match="not a single-scale"):
+        table.measure("abl", folder, {}, tmp_path)
