@@ -1,9 +1,13 @@
 """Backbones that expose their feature maps by stride, so the decoder never hard-codes channels.
 
 Every backbone returns a list of feature maps described by ``feature_info``: one entry per tap
-with its stride (4, 8, 16 or 32 relative to the input) and channel count, in the spirit of timm's
-``features_only`` models. A RefineNet level is "all taps at one stride": one tap for ResNet and
-torchvision's MobileNetV2, two at strides 16 and 32 for the authors' MobileNet-v2.
+with its stride relative to the input, its channel count and the RefineNet level it feeds, in the
+spirit of timm's ``features_only`` models. Level 1 is the finest (stride 4) and level 4 the
+deepest (stride 32): one tap per level for ResNet and torchvision's MobileNetV2, two on levels 3
+and 4 for the authors' MobileNet-v2. At output stride 16 (DeepLab's dilated layout) the deepest
+level keeps its own blocks and level but is computed at stride 16: its stride-2 convolution runs
+at stride 1 and the convolutions after it are dilated by 2, so they see the same context as at
+stride 32 without losing resolution.
 
 Module names inside each backbone are those of its usual checkpoints (torchvision's keys for
 ResNet and MobileNetV2, the Light-Weight RefineNet authors' keys for theirs), so ImageNet or
@@ -19,15 +23,19 @@ import torchvision.models as tvm
 from torch import Tensor, nn
 
 BACKBONES = ("resnet50", "resnet101", "resnet152", "mobilenetv2", "mobilenetv2-lw-authors")
+# The output strides a backbone can run at (the stride of its deepest level).
+OUTPUT_STRIDES = (16, 32)
 
 
 @dataclass(frozen=True)
 class FeatureInfo:
-    """One feature map a backbone exposes: its stride, channels and the module that makes it."""
+    """One feature map a backbone exposes: its stride, channels, the module that makes it and the
+    RefineNet level (1..4) it feeds."""
 
     stride: int
     channels: int
     module: str
+    level: int
 
 
 class Backbone(nn.Module):
@@ -35,19 +43,28 @@ class Backbone(nn.Module):
 
     feature_info: list[FeatureInfo]
 
-    def strides(self) -> list[int]:
-        """The distinct strides, finest first: the RefineNet levels 1..4."""
-        return sorted({f.stride for f in self.feature_info})
+    def channels_at(self, level: int) -> list[int]:
+        """The channels of each tap on RefineNet ``level`` (1..4)."""
+        return [f.channels for f in self.feature_info if f.level == level]
 
-    def channels_at(self, stride: int) -> list[int]:
-        return [f.channels for f in self.feature_info if f.stride == stride]
+    def level_stride(self, level: int) -> int:
+        """The stride at which ``level`` is computed: 4 * 2**(level - 1), except the deepest
+        level of a backbone at output stride 16."""
+        return min(f.stride for f in self.feature_info if f.level == level)
+
+
+def _check_output_stride(output_stride: int) -> None:
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be 16 or 32, not {output_stride}")
 
 
 class ResNetBackbone(Backbone):
-    """torchvision ResNet without its classifier; taps ``layer1..layer4`` (strides 4..32)."""
+    """torchvision ResNet without its classifier; taps ``layer1..layer4`` (strides 4..32, or
+    4..16 with ``layer4`` dilated at output stride 16)."""
 
-    def __init__(self, depth: int = 101, weights: str | None = None) -> None:
+    def __init__(self, depth: int = 101, weights: str | None = None, output_stride: int = 32) -> None:
         super().__init__()
+        _check_output_stride(output_stride)
         builders = {
             50: (tvm.resnet50, tvm.ResNet50_Weights),
             101: (tvm.resnet101, tvm.ResNet101_Weights),
@@ -56,10 +73,15 @@ class ResNetBackbone(Backbone):
         if depth not in builders:
             raise ValueError(f"ResNet depth must be 50, 101 or 152, not {depth}")
         build, weight_enum = builders[depth]
-        net = build(weights=weight_enum[weights] if weights else None)
+        dilate_layer4 = output_stride == 16
+        net = build(
+            weights=weight_enum[weights] if weights else None,
+            replace_stride_with_dilation=[False, False, dilate_layer4],
+        )
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.feature_info = [FeatureInfo(4 * 2**i, 256 * 2**i, f"layer{i + 1}") for i in range(4)]
+        strides = [4, 8, 16, output_stride]
+        self.feature_info = [FeatureInfo(strides[i], 256 * 2**i, f"layer{i + 1}", i + 1) for i in range(4)]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -73,17 +95,27 @@ class ResNetBackbone(Backbone):
 class MobileNetV2Backbone(Backbone):
     """torchvision MobileNetV2 ``features[0:18]`` (the final 1x1 to 1280 channels is dropped).
 
-    Taps after blocks 3, 6, 13 and 17: 24, 32, 96 and 320 channels at strides 4, 8, 16, 32.
+    Taps after blocks 3, 6, 13 and 17: 24, 32, 96 and 320 channels at strides 4, 8, 16, 32 (the
+    last at 16 with ``output_stride=16``: block 14's depthwise convolution runs at stride 1 and
+    those of blocks 15-17 are dilated by 2, as in DeepLab's MobileNetV2, whose segmentation
+    encoders were trained so). The weights do not change with the output stride.
     """
 
     taps = {3: 4, 6: 8, 13: 16, 17: 32}
 
-    def __init__(self, weights: str | None = None) -> None:
+    def __init__(self, weights: str | None = None, output_stride: int = 32) -> None:
         super().__init__()
+        _check_output_stride(output_stride)
         net = tvm.mobilenet_v2(weights=tvm.MobileNet_V2_Weights[weights] if weights else None)
         self.features = net.features[:18]
+        if output_stride == 16:
+            self.features[14].conv[1][0].stride = (1, 1)
+            for block in self.features[15:18]:
+                depthwise = block.conv[1][0]
+                depthwise.dilation, depthwise.padding = (2, 2), (2, 2)
         self.feature_info = [
-            FeatureInfo(stride, self.features[i].out_channels, f"features.{i}") for i, stride in self.taps.items()
+            FeatureInfo(min(stride, output_stride), self.features[i].out_channels, f"features.{i}", level)
+            for level, (i, stride) in enumerate(self.taps.items(), start=1)
         ]
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -189,7 +221,8 @@ class AuthorsMobileNetV2Backbone(Backbone):
             setattr(self, f"layer{index}", nn.Sequential(*blocks))
             in_ch, stride = c, stride * s
             if index >= 3:
-                self.feature_info.append(FeatureInfo(stride, c, f"layer{index}"))
+                level = {4: 1, 8: 2, 16: 3, 32: 4}[stride]
+                self.feature_info.append(FeatureInfo(stride, c, f"layer{index}", level))
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.layer2(self.layer1(x))
@@ -228,15 +261,19 @@ def torchvision_weights_file(name: str, weights: str) -> str:
     return _WEIGHT_ENUMS[name][weights].url.rsplit("/", 1)[-1]
 
 
-def build_backbone(name: str, weights: str | None = None) -> Backbone:
+def build_backbone(name: str, weights: str | None = None, output_stride: int = 32) -> Backbone:
     """Build a backbone by name (see ``BACKBONES``); ``weights`` is a torchvision weights name
-    such as ``"IMAGENET1K_V1"``, fetched through torchvision's own download and cache."""
+    such as ``"IMAGENET1K_V1"``, fetched through torchvision's own download and cache;
+    ``output_stride`` 16 dilates the deepest level instead of striding it (not for the authors'
+    MobileNet-v2, whose checkpoints were trained at 32)."""
     if name.startswith("resnet") and name[6:].isdigit():
-        return ResNetBackbone(int(name[6:]), weights)
+        return ResNetBackbone(int(name[6:]), weights, output_stride)
     if name == "mobilenetv2":
-        return MobileNetV2Backbone(weights)
+        return MobileNetV2Backbone(weights, output_stride)
     if name == "mobilenetv2-lw-authors":
         if weights:
             raise ValueError("the authors' MobileNet-v2 has no torchvision weights; convert their checkpoint")
+        if output_stride != 32:
+            raise ValueError("the authors' MobileNet-v2 runs at output stride 32 only")
         return AuthorsMobileNetV2Backbone()
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")

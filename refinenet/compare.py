@@ -87,7 +87,8 @@ def describe(config: RefineNetConfig) -> str:
     stages = config.crp_stages
     crp = "no CRP (0 stages)" if stages == 0 else f"{stages} CRP stage{'' if stages == 1 else 's'}"
     light = "Light-Weight RefineNet, " if config.architecture == "lw-refinenet" else ""
-    return f"{light}{named or f'{len(config.cascade)}-block cascade'}: {blocks} · {crp}"
+    dilated = " · output stride 16 (1/32 level dilated)" if config.output_stride == 16 else ""
+    return f"{light}{named or f'{len(config.cascade)}-block cascade'}: {blocks} · {crp}{dilated}"
 
 
 def measured_test_miou(name: str, folder: str | Path | None = None) -> float | None:

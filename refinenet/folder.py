@@ -206,7 +206,7 @@ def published_backbone(config: RefineNetConfig) -> Backbone:
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     what = f"torchvision's {config.frozen_backbone} weights of the {config.backbone} backbone ({file_name})"
     try:
-        return build_backbone(config.backbone, config.frozen_backbone)
+        return build_backbone(config.backbone, config.frozen_backbone, config.output_stride)
     except (OSError, RuntimeError, pickle.UnpicklingError) as error:
         if (cache / file_name).exists():
             raise WeightsError(

@@ -31,8 +31,9 @@ from .config import LEVEL_STRIDES, RefineNetConfig, resolve_cascade
 
 @dataclass(frozen=True)
 class BackboneLevel:
-    """One backbone level as the decoder received it in this run: its stride, its channels
-    (summed over the level's taps) and the ``(h, w)`` of its feature maps."""
+    """One backbone level as the decoder received it in this run: the stride the paper names it
+    by (4 ... 32; a backbone at output stride 16 computes the "32" level at 16, which ``size``
+    shows), its channels (summed over the level's taps) and the ``(h, w)`` of its feature maps."""
 
     stride: int
     channels: int
@@ -83,13 +84,15 @@ class RefineNet(nn.Module):
     def __init__(self, config: RefineNetConfig, backbone: Backbone | None = None) -> None:
         super().__init__()
         self.config = config
-        self.backbone = backbone if backbone is not None else build_backbone(config.backbone)
+        self.backbone = (
+            backbone if backbone is not None else build_backbone(config.backbone, output_stride=config.output_stride)
+        )
         self.block_names = config.block_names
         self.block_levels = [tuple(sorted(levels)) for levels in config.cascade]  # finest first
         coarse_channels: int | None = None
         for name, levels, width in zip(self.block_names, self.block_levels, config.widths, strict=True):
             block = RefineNetBlock(
-                [self.backbone.channels_at(LEVEL_STRIDES[lv]) for lv in levels],
+                [self.backbone.channels_at(lv) for lv in levels],
                 coarse_channels,
                 width,
                 kernel_size=config.kernel_size,
@@ -113,8 +116,9 @@ class RefineNet(nn.Module):
         return [(name, getattr(self, _attribute(name))) for name in self.block_names]
 
     def block_stride(self, name: str) -> int:
+        """The stride of the block's output: that of the finest level it fuses."""
         levels = self.block_levels[self.block_names.index(name)]
-        return LEVEL_STRIDES[min(levels)]
+        return self.backbone.level_stride(min(levels))
 
     def forward(
         self, x: Tensor, return_features: bool = False, ablate_stride: int | None = None
@@ -122,24 +126,25 @@ class RefineNet(nn.Module):
         """Logits at 1/4 of the input size, or a :class:`SegmentationOutput` with
         ``return_features=True``.
 
-        ``ablate_stride`` (4, 8, 16 or 32) zeroes that backbone level before it enters the
-        decoder, cutting one long-range path to show what it contributes.
+        ``ablate_stride`` (4, 8, 16 or 32) zeroes the backbone level the paper names by that
+        stride (1/4 ... 1/32; at output stride 16 the "1/32" level is the deepest one, computed
+        at 1/16) before it enters the decoder, cutting one long-range path to show what it
+        contributes.
         """
         taps = self.backbone(x)
         if ablate_stride is not None:
             if ablate_stride not in LEVEL_STRIDES.values():
                 raise ValueError(f"ablate_stride must be 4, 8, 16 or 32, not {ablate_stride}")
             taps = [
-                t.new_zeros(()).expand_as(t) if f.stride == ablate_stride else t
+                t.new_zeros(()).expand_as(t) if LEVEL_STRIDES[f.level] == ablate_stride else t
                 for t, f in zip(taps, self.backbone.feature_info, strict=True)
             ]
         by_level: dict[int, list[Tensor]] = {lv: [] for lv in LEVEL_STRIDES}
-        stride_level = {s: lv for lv, s in LEVEL_STRIDES.items()}
         for tap, info in zip(taps, self.backbone.feature_info, strict=True):
             # The released code regularises the two deepest levels with dropout while training.
-            if stride_level[info.stride] >= 3:
+            if info.level >= 3:
                 tap = self.dropout(tap)
-            by_level[stride_level[info.stride]].append(tap)
+            by_level[info.level].append(tap)
 
         coarse = None
         recorded = []
@@ -185,7 +190,7 @@ def build_model(config: RefineNetConfig, backbone_weights: str | None = None) ->
 
     ``backbone_weights`` (e.g. ``"IMAGENET1K_V1"``) initialises the backbone from torchvision.
     """
-    backbone = build_backbone(config.backbone, backbone_weights)
+    backbone = build_backbone(config.backbone, backbone_weights, config.output_stride)
     cls = LightWeightRefineNet if config.architecture == "lw-refinenet" else RefineNet
     return cls(config, backbone)
 

@@ -65,13 +65,16 @@ class TrainConfig:
     # "train": backbone batch norms use and update batch statistics; "frozen": they keep the
     # pretrained statistics (eval mode) while their scale and shift still learn.
     backbone_bn: str = "train"
-    # Keep the backbone exactly as torchvision publishes it: no gradient, batch norms in eval mode
+    # Keep the backbone exactly as backbone_weights gives it: no gradient, batch norms in eval mode
     # (whatever backbone_bn says), only the decoder in the optimiser (lr_backbone is then unused).
-    # The exported model folders record it as the config's frozen_backbone and store the decoder
-    # alone; loading fetches the backbone from torchvision. Needs backbone_weights to be a
-    # torchvision weights name: a file's or a random backbone could not be fetched again.
-    # Why: models that share one frozen encoder (an ablation family) bundle their decoders only,
-    # and their differences are the decoders' alone.
+    # With torchvision's weights by name, the exported model folders record them as the config's
+    # frozen_backbone and store the decoder alone; loading fetches the backbone from torchvision
+    # (models that share one frozen encoder, an ablation family, bundle their decoders only). With
+    # an encoder from a file (a teacher's), the folders store every tensor: nothing could fetch it
+    # again. Why freeze such an encoder: trained for segmentation, it is the teacher's knowledge,
+    # and a random decoder's first gradients wreck it (its features under the teacher's own head
+    # fell from 80 to 59 mIoU in 8 epochs at a tenth of the decoder's learning rate).
+    # A random backbone is refused: freezing it would keep noise.
     freeze_backbone: bool = False
     # Knowledge distillation: {"teacher": folder of teacher.py, "weight": w}. Adds w x KL(teacher
     # || student) on every photo pixel of the crop, the teacher's probabilities restricted to the
@@ -110,11 +113,10 @@ class TrainConfig:
                 raise ValueError("class_mix and distill do not combine: a pasted region has no teacher view")
         if self.freeze_backbone:
             weights = self.backbone_weights
-            if not isinstance(weights, str) or not weights or weights.endswith(".safetensors"):
+            if not isinstance(weights, str) or not weights:
                 raise ValueError(
-                    f"freeze_backbone needs backbone_weights to be a torchvision weights name such as IMAGENET1K_V1, "
-                    f"not {weights!r}: the exported folders store the decoder alone and load the backbone from "
-                    "torchvision, which cannot give back a random backbone or one from a file"
+                    f"freeze_backbone needs backbone_weights (a torchvision weights name such as IMAGENET1K_V1, or "
+                    f"a .safetensors encoder), not {weights!r}: a frozen random backbone would keep noise"
                 )
             if "frozen_backbone" in self.model:
                 raise ValueError("set freeze_backbone: true (with backbone_weights), not model.frozen_backbone")
@@ -135,11 +137,16 @@ class TrainConfig:
         return cls(**raw)
 
     def model_config(self) -> RefineNetConfig:
-        """The model's config; with ``freeze_backbone`` it records ``frozen_backbone`` (the
-        torchvision weights name), so every folder the run exports stores the decoder alone."""
-        if self.freeze_backbone:
+        """The model's config; with ``freeze_backbone`` on torchvision's weights it records
+        ``frozen_backbone`` (their name), so every folder the run exports stores the decoder alone."""
+        if self.freeze_backbone and not self.encoder_from_file:
             return RefineNetConfig(**{**self.model, "frozen_backbone": self.backbone_weights})
         return RefineNetConfig(**self.model)
+
+    @property
+    def encoder_from_file(self) -> bool:
+        """Whether ``backbone_weights`` names a .safetensors file rather than torchvision weights."""
+        return (self.backbone_weights or "").endswith(".safetensors")
 
     @property
     def run_dir(self) -> Path:
@@ -532,7 +539,7 @@ def train(
         torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     )
     model_config = cfg.model_config()
-    torchvision_weights = None if (cfg.backbone_weights or "").endswith(".safetensors") else cfg.backbone_weights
+    torchvision_weights = None if cfg.encoder_from_file else cfg.backbone_weights
     model = build_model(model_config, torchvision_weights)
     load_encoder(model, cfg.backbone_weights)
     zero_init_residual_branches(model)

@@ -44,6 +44,9 @@ SMALL = dict(backbone="mobilenetv2", num_classes=3, widths=[16, 16, 16, 16])
         ({"std": [0, 1, 1]}, "std"),
         ({"palette": [[0, 0, 999]] * 3}, "palette"),
         ({"description": "x" * 10_000}, "description"),
+        ({"output_stride": 8}, "output_stride"),
+        ({"output_stride": "16"}, "output_stride"),
+        ({"output_stride": 16, "backbone": "mobilenetv2-lw-authors"}, "output_stride"),
     ],
 )
 def test_a_config_outside_its_bounds_is_refused_naming_the_field(change, field):
@@ -51,6 +54,14 @@ def test_a_config_outside_its_bounds_is_refused_naming_the_field(change, field):
         RefineNetConfig.from_dict({**SMALL, **change})
     assert str(caught.value).startswith(field), caught.value
     assert len(str(caught.value)) < 200
+
+
+def test_output_stride_is_written_only_when_it_is_not_the_papers():
+    """Folders at the paper's 32 stay readable by versions from before the field."""
+    assert "output_stride" not in RefineNetConfig(**SMALL).to_dict()
+    dilated = RefineNetConfig(**SMALL, output_stride=16)
+    assert dilated.to_dict()["output_stride"] == 16
+    assert RefineNetConfig.from_dict(dilated.to_dict()) == dilated
 
 
 def test_every_published_layout_is_inside_the_bounds():

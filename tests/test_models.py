@@ -36,6 +36,8 @@ ARCHITECTURES = {
     "lw-resnet152": ("lw_refinenet_resnet152", {}, [32, 16, 8, 4], SMALL),
     "lw-mobilenetv2": ("lw_refinenet_mobilenetv2", {}, [32, 16, 8, 4], SMALL),
     "lw-mobilenetv2-authors": ("lw_refinenet_mobilenetv2", {"authors_layout": True}, [32, 16, 8, 4], SMALL),
+    "refinenet-mobilenetv2-os16": ("refinenet_mobilenetv2", {"output_stride": 16}, [16, 16, 8, 4], SMALL),
+    "refinenet-resnet50-os16": ("refinenet_resnet50", {"output_stride": 16}, [16, 16, 8, 4], SMALL),
     "refinenet-2-cascade": ("refinenet_resnet50", {"cascade": "2-cascade"}, [16, 4], [32, 16]),
     "refinenet-1-cascade": ("refinenet_resnet50", {"cascade": "1-cascade"}, [4], [16]),
     "refinenet-conv-pool-crp": ("refinenet_mobilenetv2", {"crp_order": "conv-pool"}, [32, 16, 8, 4], SMALL),
@@ -120,6 +122,28 @@ def test_return_features_is_faithful(name):
             assert torch.equal(rec.output, block.output_rcus(rec.crp.sums[-1]))
             coarse = rec.output
         assert torch.equal(out.logits, model.classifier(out.blocks[-1].output))
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "resnet50"])
+def test_output_stride_16_is_the_same_network_computed_a_trous(backbone):
+    """Dilating instead of striding (Chen et al.'s "a trous" identity): with the same weights,
+    the deepest map at output stride 16, read at every other row and column, is the map at 32.
+    That holds only if exactly the right convolution lost its stride and exactly the ones after
+    it are dilated, with matching padding."""
+    from refinenet.backbones import build_backbone
+
+    torch.manual_seed(0)
+    at_32 = build_backbone(backbone).eval()
+    at_16 = build_backbone(backbone, output_stride=16).eval()
+    at_16.load_state_dict(at_32.state_dict(), strict=True)
+    assert [f.stride for f in at_16.feature_info][-1] == 16 and at_16.level_stride(4) == 16
+    x = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        coarse, fine = at_32(x), at_16(x)
+    assert fine[-1].shape[-2:] == (4, 6) and coarse[-1].shape[-2:] == (2, 3)
+    torch.testing.assert_close(fine[-1][..., ::2, ::2], coarse[-1], rtol=1e-3, atol=1e-3)  # summation order
+    for a, b in zip(coarse[:-1], fine[:-1], strict=True):
+        assert torch.equal(a, b)  # the finer levels are untouched
 
 
 def test_ablation_cuts_exactly_one_level(calibrate):

@@ -279,7 +279,7 @@ def test_fast_model_wraps_a_copy_and_shows_only_its_config(tiny_model):
     fast = fast_path(tiny_model, "cpu")
     assert fast.config is fast.model.config
     assert fast.model.block_names == tiny_model.block_names
-    assert fast.model.backbone.channels_at(32) == tiny_model.backbone.channels_at(32)
+    assert fast.model.backbone.channels_at(4) == tiny_model.backbone.channels_at(4)
     # The wrapped model's structure does not show through: it is read from the outputs instead.
     for name in ("block_names", "block_levels", "backbone"):
         assert not hasattr(fast, name)

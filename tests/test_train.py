@@ -338,6 +338,40 @@ def test_a_distilled_run_with_a_file_encoder_and_frozen_batch_norm(tmp_path):
     assert json.loads((run / "model" / "config.json").read_text())["backbone_init"] == "a test encoder"
 
 
+def test_a_frozen_file_encoder_at_output_stride_16_stays_as_loaded_and_ships_whole(tmp_path):
+    """The VOC recipe's frozen teacher encoder: after training it is bit-identical to the file
+    (batch-norm statistics and scales included), and the exported folder, which records output
+    stride 16 and no frozen_backbone, stores it and loads back to the same model."""
+    from safetensors.torch import load_file, save_file
+
+    from refinenet.backbones import build_backbone
+    from refinenet.folder import load_folder
+
+    torch.manual_seed(0)
+    encoder = build_backbone("mobilenetv2")
+    file = tmp_path / "encoder.safetensors"
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(file))
+    cfg = tiny_config(
+        tmp_path,
+        epochs=1,
+        backbone_weights=str(file),
+        freeze_backbone=True,
+        model=dict(TINY_MODEL, output_stride=16),
+        data={"kind": "folders", "root": str(_boxed_data(tmp_path)), "train_split": "train", "ignore_index": 255},
+    )
+    run = train(cfg, progress=False)
+    state = load_checkpoint(run / "last.pt")["model"]
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(state[f"backbone.{key}"], value), key
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["output_stride"] == 16 and "frozen_backbone" not in config
+    assert any(k.startswith("backbone.") for k in load_file(str(run / "model" / "model.safetensors")))
+    loaded = load_folder(run / "model")
+    assert loaded.backbone.feature_info[-1].stride == 16
+    for key, value in state.items():
+        assert torch.equal(loaded.state_dict()[key].float(), value.float()), key
+
+
 def test_an_encoder_file_that_does_not_fit_names_the_keys(tmp_path):
     from safetensors.torch import save_file
 
@@ -378,13 +412,17 @@ def test_until_epoch_stops_at_that_epoch_of_the_schedule_and_repeats_nothing(tmp
 # --------------------------------------------------------------------------- frozen backbone
 
 
-def test_freeze_backbone_needs_torchvision_weights_by_name(tmp_path):
-    """The exported folders store the decoder alone and load the backbone from torchvision, so
-    the backbone must be torchvision's weights: not a file's, not a random one, not a name the
-    backbone has no weights under."""
-    for weights in (str(tmp_path / "encoder.safetensors"), None, ""):
-        with pytest.raises(ValueError, match="freeze_backbone needs backbone_weights to be a torchvision weights"):
+def test_freeze_backbone_needs_pretrained_weights_and_stores_only_what_can_be_fetched_again(tmp_path):
+    """Torchvision's weights by name: the exported folders store the decoder alone and load the
+    backbone from torchvision. An encoder from a file: the folders store every tensor (nothing
+    could fetch it again). A random backbone, or a name the backbone has no weights under, is
+    refused."""
+    for weights in (None, ""):
+        with pytest.raises(ValueError, match="freeze_backbone needs backbone_weights"):
             TrainConfig(name="t", model=dict(TINY_MODEL), data={}, backbone_weights=weights, freeze_backbone=True)
+    encoder = str(tmp_path / "encoder.safetensors")
+    cfg = TrainConfig(name="t", model=dict(TINY_MODEL), data={}, backbone_weights=encoder, freeze_backbone=True)
+    assert cfg.model_config().frozen_backbone == ""
     with pytest.raises(ValueError, match="frozen_backbone: 'IMAGENET9K_V9' is not a torchvision weights name"):
         TrainConfig(name="t", model=dict(TINY_MODEL), data={}, backbone_weights="IMAGENET9K_V9", freeze_backbone=True)
     with pytest.raises(ValueError, match="set freeze_backbone: true"):
