@@ -176,7 +176,9 @@ def segment(
         work_image=work_image,
         logits=features.logits[0].detach().to("cpu", torch.float32).numpy(),
         blocks=blocks,
-        levels=[DiagramLevel(level.stride, level.channels, level.size) for level in features.backbone],
+        levels=[
+            DiagramLevel(level.stride, level.channels, level.size, level.computed_stride) for level in features.backbone
+        ],
         block_layout={
             "adapt_rcus": config.adapt_rcus,
             "output_rcus": config.output_rcus,

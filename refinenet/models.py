@@ -38,6 +38,7 @@ class BackboneLevel:
     stride: int
     channels: int
     size: tuple[int, int]
+    computed_stride: int | None = None  # where it differs from ``stride`` (output stride 16)
 
 
 @dataclass
@@ -159,7 +160,12 @@ class RefineNet(nn.Module):
         if return_features:
             block_levels = tuple(tuple(LEVEL_STRIDES[lv] for lv in levels) for levels in self.block_levels)
             backbone = tuple(
-                BackboneLevel(LEVEL_STRIDES[lv], sum(t.shape[1] for t in maps), (maps[0].shape[-2], maps[0].shape[-1]))
+                BackboneLevel(
+                    LEVEL_STRIDES[lv],
+                    sum(t.shape[1] for t in maps),
+                    (maps[0].shape[-2], maps[0].shape[-1]),
+                    None if self.backbone.level_stride(lv) == LEVEL_STRIDES[lv] else self.backbone.level_stride(lv),
+                )
                 for lv, maps in sorted(by_level.items())
                 if maps
             )

@@ -473,11 +473,13 @@ def render_change_map(
 
 @dataclass
 class DiagramLevel:
-    """One backbone level: its stride, channel count and spatial size in this run."""
+    """One backbone level: its stride as the paper names it, channel count and spatial size in
+    this run, and the stride it was computed at where that differs (a dilated deepest level)."""
 
     stride: int
     channels: int
     size: tuple[int, int]
+    computed_stride: int | None = None
 
 
 @dataclass
@@ -577,7 +579,9 @@ def architecture_svg(
         parts.append(_svg_arrow(previous_x, top_y + top_h / 2, x - box_w / 2, top_y + top_h / 2))
         parts.append(_svg_box(x - box_w / 2, top_y, box_w, top_h, "#dbeafe", "#3b6fb6"))
         parts.append(_svg_text(x, top_y + 22, f"{backbone} · 1/{level.stride}", weight="bold"))
-        parts.append(_svg_text(x, top_y + 42, _shape(level.channels, *level.size)))
+        # A dilated level keeps its place in the cascade but not its resolution: say where it ran.
+        dilated = f" · dilated, at 1/{level.computed_stride}" if level.computed_stride else ""
+        parts.append(_svg_text(x, top_y + 42, _shape(level.channels, *level.size) + dilated))
         previous_x = x + box_w / 2
         if off:
             parts.append(_svg_text(x, top_y + top_h + 16, "path switched off", size=11, weight="bold", fill="#c62828"))

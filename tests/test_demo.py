@@ -306,3 +306,21 @@ def test_labels_from_logits_is_the_argmax_of_the_upsampled_scores_first_class_on
         torch.from_numpy(logits)[None], size=(24, 32), mode="bilinear", align_corners=False
     )[0].numpy()
     assert np.array_equal(demo.labels_from_logits(logits, (24, 32)), up.argmax(axis=0))
+
+
+def test_a_dilated_deepest_level_is_drawn_where_it_ran(photo, tmp_path):
+    """At output stride 16 RefineNet-4 keeps its place (the 1/32 level of the paper) but works
+    on a 1/16 grid: the context panel counts 16-pixel cells and the diagram says where it ran;
+    cutting the 1/32 path still cuts exactly that level."""
+    from conftest import calibrate_batch_norm
+
+    torch.manual_seed(0)
+    model = refinenet.refinenet_mobilenetv2(num_classes=5, widths=[32, 16, 16, 16], output_stride=16)
+    segmenter = Segmenter(calibrate_batch_norm(model).eval(), device="cpu", max_side=160)
+    result = demo.segment(segmenter, photo, model_id="tiny", out_dir=tmp_path)
+    assert [b.stride for b in result.blocks] == [16, 16, 8, 4]
+    # 160x120 network input: 1/16 is a 10x8 grid (at 1/32 it would be 5x4).
+    assert "grid of 8×10 cells, one cell = 16×16 pixels" in demo.crp_context_markdown(result, "RefineNet-4")
+    html = demo.render_architecture(result)
+    assert "320×8×10 · dilated, at 1/16" in html and html.count("dilated") == 1
+    assert "Without the **1/32** path" in demo.ablate(segmenter, result, 32).summary
