@@ -71,9 +71,9 @@ class TrainConfig:
     # frozen_backbone and store the decoder alone; loading fetches the backbone from torchvision
     # (models that share one frozen encoder, an ablation family, bundle their decoders only). With
     # an encoder from a file (a teacher's), the folders store every tensor: nothing could fetch it
-    # again. Why freeze such an encoder: trained for segmentation, it is the teacher's knowledge,
-    # and a random decoder's first gradients wreck it (its features under the teacher's own head
-    # fell from 80 to 59 mIoU in 8 epochs at a tenth of the decoder's learning rate).
+    # again. Why one might freeze such an encoder: trained for segmentation, it is the teacher's
+    # knowledge, which a random decoder's gradients can wear away (on VOC it learnt more slowly
+    # frozen than at a tenth of the decoder's learning rate: README).
     # A random backbone is refused: freezing it would keep noise.
     freeze_backbone: bool = False
     # Knowledge distillation: {"teacher": folder of teacher.py, "weight": w}. Adds w x KL(teacher
