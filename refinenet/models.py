@@ -164,7 +164,7 @@ class RefineNet(nn.Module):
                     LEVEL_STRIDES[lv],
                     sum(t.shape[1] for t in maps),
                     (maps[0].shape[-2], maps[0].shape[-1]),
-                    None if self.backbone.level_stride(lv) == LEVEL_STRIDES[lv] else self.backbone.level_stride(lv),
+                    computed if (computed := self.backbone.level_stride(lv)) != LEVEL_STRIDES[lv] else None,
                 )
                 for lv, maps in sorted(by_level.items())
                 if maps

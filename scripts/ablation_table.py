@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from refinenet import zoo  # noqa: E402
-from refinenet.compare import describe  # noqa: E402
+from refinenet.compare import EVAL_FILE, describe  # noqa: E402
 from refinenet.flops import count_macs  # noqa: E402
 from refinenet.hub import from_pretrained  # noqa: E402
 from refinenet.models import count_parameters  # noqa: E402
@@ -38,7 +38,6 @@ from refinenet.train import TrainConfig  # noqa: E402
 
 THIN_CLASSES = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
 SIZE = (360, 480)  # height, width: CamVid's frames
-EVAL_FILE = "eval-test.json"
 
 
 @dataclass

@@ -12,23 +12,12 @@ import pytest
 import torch
 
 from refinenet.config import RefineNetConfig
+from refinenet.data import CAMVID_CLASSES
 from refinenet.folder import save_pretrained
 from refinenet.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-CAMVID = [
-    "Sky",
-    "Building",
-    "Pole",
-    "Road",
-    "Pavement",
-    "Tree",
-    "SignSymbol",
-    "Fence",
-    "Car",
-    "Pedestrian",
-    "Bicyclist",
-]
+CAMVID = list(CAMVID_CLASSES)
 
 pytestmark = pytest.mark.usefixtures("single_thread", "no_network")
 

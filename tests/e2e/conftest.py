@@ -29,23 +29,12 @@ import torch
 from PIL import Image
 
 import refinenet
+from refinenet import data
 from refinenet.hub import save_pretrained
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-CAMVID_CLASSES = [
-    "Sky",
-    "Building",
-    "Pole",
-    "Road",
-    "Pavement",
-    "Tree",
-    "SignSymbol",
-    "Fence",
-    "Car",
-    "Pedestrian",
-    "Bicyclist",
-]
+CAMVID_CLASSES = list(data.CAMVID_CLASSES)
 CAMVID_PALETTE = [
     [128, 128, 128],
     [128, 0, 0],
