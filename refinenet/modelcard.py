@@ -121,6 +121,7 @@ def render_model_card(
         "",
         "```python",
         "import refinenet",
+        "",  # as ruff formats it: the bundled cards are checked by `ruff format --check`
         f'model = refinenet.from_pretrained("{repo_id or "path/to/this/folder"}")  # eval mode, any architecture',
         "logits = model(images)  # N x classes x H/4 x W/4 for normalised N x 3 x H x W input",
         "```",

@@ -318,10 +318,17 @@ def main() -> int:
         p = Path(path)
         return p.relative_to(ROOT).as_posix() if p.is_absolute() and p.is_relative_to(ROOT) else path
 
+    # The committed JSON files name the folder and command relative to the repository, as a
+    # reader who cloned it would type them, not this machine's absolute paths.
     shown = [" ".join(relative(a) for a in cmd) for cmd in (single_cmd, multi_cmd)]
-    for result, command in ((single, shown[0]), (multi, shown[1])):
+    for result, command, name in (
+        (single, shown[0], f"eval-{split}.json"),
+        (multi, shown[1], f"eval-{split}-ms-flip.json"),
+    ):
         if result is not None:
             result["command"] = f"refinenet {command}"
+            result["model"] = relative(result["model"])
+            (out / name).write_text(json.dumps(result, indent=2) + "\n")
     train_config = TrainConfig.load(args.config)
     encoder_file = train_config.backbone_weights or ""
     release_cmd = (
@@ -330,6 +337,9 @@ def main() -> int:
         + ("" if args.dataset == "camvid" else f" --dataset {args.dataset}")
         + ("" if args.epoch is None else f" --epoch {args.epoch}")
         + (" --fp16" if args.fp16 else "")
+        + "".join(f" \\\n    --reference '{spec}'" for spec in args.reference)
+        + "".join(f" \\\n    --comparison {path.as_posix()}" for path in args.comparison)
+        + (f" \\\n    --notes-file {args.notes_file.as_posix()}" if args.notes_file else "")
     )
     training = [
         f"Reproduce (resumes if interrupted; {profile['train_note']}):",
