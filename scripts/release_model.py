@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from refinenet.cli import main as refinenet_cli  # noqa: E402
 from refinenet.data import CAMVID_ROOT, VOC_PSEUDO_ROOT  # noqa: E402
+from refinenet.evaluate import write_results  # noqa: E402
 from refinenet.folder import save_pretrained, stored_tensors  # noqa: E402
 from refinenet.hub import from_pretrained  # noqa: E402
 from refinenet.models import count_parameters  # noqa: E402
@@ -328,7 +329,7 @@ def main() -> int:
         if result is not None:
             result["command"] = f"refinenet {command}"
             result["model"] = relative(result["model"])
-            (out / name).write_text(json.dumps(result, indent=2) + "\n")
+            write_results(result, out / name)
     train_config = TrainConfig.load(args.config)
     encoder_file = train_config.backbone_weights or ""
     release_cmd = (
