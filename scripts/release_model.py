@@ -338,6 +338,7 @@ def main() -> int:
         + ("" if args.dataset == "camvid" else f" --dataset {args.dataset}")
         + ("" if args.epoch is None else f" --epoch {args.epoch}")
         + (" --fp16" if args.fp16 else "")
+        + (" --skip-multiscale" if args.skip_multiscale else "")
         + "".join(f" \\\n    --reference '{spec}'" for spec in args.reference)
         + "".join(f" \\\n    --comparison {path.as_posix()}" for path in args.comparison)
         + (f" \\\n    --notes-file {args.notes_file.as_posix()}" if args.notes_file else "")

@@ -24,7 +24,7 @@ VIEW_OPTIONS = (0.55, "pca", "per-map", "viridis", 4, None)  # opacity, reductio
 
 
 def test_every_network_run_happens_on_the_compute_thread(app_module, app_model_folder):
-    demo_app = app_module.DemoApp(str(app_model_folder), "cpu")
+    demo_app = app_module.DemoApp(str(app_model_folder), "cpu", compare_models=[])
     app_module.build_demo(demo_app)  # registers the app for the module-level network functions
     segmenter = demo_app.models.get(str(app_model_folder))
     ran_on = []
@@ -55,7 +55,7 @@ def test_every_network_run_happens_on_the_compute_thread(app_module, app_model_f
 
 def test_the_segment_events_return_the_named_outputs_in_order(app_module, app_model_folder):
     """The outputs are declared once (SegmentOutputs): the events' output components follow it."""
-    demo_app = app_module.DemoApp(str(app_model_folder), "cpu")
+    demo_app = app_module.DemoApp(str(app_model_folder), "cpu", compare_models=[])
     blocks = app_module.build_demo(demo_app)
     names = SegmentOutputs.names()
     segment = next(fn for fn in blocks.fns.values() if fn.api_name == "segment")
