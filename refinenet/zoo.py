@@ -58,6 +58,31 @@ class ZooEntry:
         return self.repo_id is not None
 
 
+# The family the app compares by default: RefineNet's cascade and CRP ablation on CamVid
+# (4-, 2- and 1-cascade, and the 4-cascade without chained residual pooling), all trained with
+# one recipe so that their test mIoUs differ by the architecture alone.
+ABLATION_FAMILY = "camvid-ablation"
+
+
+def _ablation_variant(model_id: str, what: str, metrics: Mapping[str, float], sha256: str) -> ZooEntry:
+    """A model of the CamVid ablation family (issue 20, README "The paper's ablation"): one recipe,
+    width 48 in every block, torchvision's ImageNet MobileNetV2 frozen and not stored, fp16
+    decoders bundled; the variants differ in ``what`` alone (the cascade, or CRP)."""
+    return ZooEntry(
+        model_id=model_id,
+        title=f"RefineNet ablation on CamVid: {what}",
+        architecture="refinenet",
+        backbone="mobilenetv2",
+        dataset="CamVid (11 classes)",
+        classes=CAMVID_CLASSES,
+        metrics=metrics,
+        sha256=sha256,
+        bundled=True,
+        license="other",
+        family=ABLATION_FAMILY,
+    )
+
+
 MODELS: dict[str, ZooEntry] = {
     entry.model_id: entry
     for entry in (
@@ -110,6 +135,33 @@ MODELS: dict[str, ZooEntry] = {
             bundled=True,
             license="other",
         ),
+        # The ablation family: the 4-cascade, 2-cascade, 1-cascade and the 4-cascade without CRP,
+        # each repeated seed beside its variant (the app shows them in this order). Metrics: scripts/release_model.py
+        # --fp16 --skip-multiscale (refinenet eval on the 233 CamVid test frames, single scale).
+        _ablation_variant(
+            "camvid-ablation-4cascade",
+            "4-cascade, 4 CRP stages (seed 0)",
+            {"test_mean_iou": 59.75, "test_pixel_accuracy": 89.25},
+            "000fce2d26198f282f8634d2a94cc2009ed7a9a8ffa1a8ea29ecd40999f377bf",
+        ),
+        _ablation_variant(
+            "camvid-ablation-2cascade",
+            "2-cascade, 4 CRP stages",
+            {"test_mean_iou": 59.82, "test_pixel_accuracy": 89.11},
+            "0c331452c9bc2de40ec8fa84a2e31caf370ef3481b7693031365584434013654",
+        ),
+        _ablation_variant(
+            "camvid-ablation-1cascade",
+            "1-cascade, 4 CRP stages (seed 0)",
+            {"test_mean_iou": 59.12, "test_pixel_accuracy": 88.45},
+            "73d1910a0e76a2c48f7d8aeaf9275354a97e88e897be0fc309bb78d29c049004",
+        ),
+        _ablation_variant(
+            "camvid-ablation-nocrp",
+            "4-cascade without chained residual pooling",
+            {"test_mean_iou": 60.04, "test_pixel_accuracy": 89.39},
+            "27f190a716b80f7c93373b838021676c37e069f525aa245afe01d872aa584c8f",
+        ),
     )
 }
 
@@ -118,12 +170,6 @@ def list_pretrained() -> list[ZooEntry]:
     """All registered weights, in table order: the order the app offers them in, and the first
     that loads is its default (so the table starts with the model most uploads suit)."""
     return list(MODELS.values())
-
-
-# The family the app compares by default: RefineNet's cascade and CRP ablation on CamVid
-# (4-, 2- and 1-cascade, and the 4-cascade without chained residual pooling), all trained with
-# one recipe so that their test mIoUs differ by the architecture alone.
-ABLATION_FAMILY = "camvid-ablation"
 
 
 def family_members(family: str) -> list[ZooEntry]:

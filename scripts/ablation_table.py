@@ -50,6 +50,7 @@ class Row:
     test_miou: float
     thin_iou: dict[str, float | None]
     parameters: int
+    decoder_parameters: int  # what differs between the variants: the frozen backbone is shared
     gmacs: float
     latency_ms: float | None
 
@@ -85,6 +86,7 @@ def measure(name: str, folder: Path, latencies: dict[str, float], config_dir: Pa
         test_miou=float(evaluation["mIoU"]),
         thin_iou={c: per_class.get(c) for c in THIN_CLASSES},
         parameters=count_parameters(model),
+        decoder_parameters=sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone.")),
         gmacs=count_macs(model, SIZE).total / 1e9,
         latency_ms=latencies.get(name),
     )
@@ -96,7 +98,7 @@ def _number(value: float | None, digits: int) -> str:
 
 def markdown(rows: list[Row], bench_command: str | None) -> str:
     """The table, then the commands that produced each column."""
-    head = ["variant", "seed", "test mIoU", *THIN_CLASSES, "params", "GMACs 480x360", "CPU ms 480x360"]
+    head = ["variant", "seed", "test mIoU", *THIN_CLASSES, "params (decoder)", "GMACs 480x360", "CPU ms 480x360"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [
@@ -104,7 +106,7 @@ def markdown(rows: list[Row], bench_command: str | None) -> str:
             "-" if row.seed is None else str(row.seed),
             f"{row.test_miou:.2f}",
             *(_number(row.thin_iou[c], 1) for c in THIN_CLASSES),
-            f"{row.parameters / 1e6:.2f} M",
+            f"{row.parameters / 1e6:.2f} M ({row.decoder_parameters / 1e6:.2f} M)",
             f"{row.gmacs:.2f}",
             _number(row.latency_ms, 0),
         ]

@@ -32,9 +32,9 @@ def table():
     return module
 
 
-def variant_folder(tmp_path: Path, name: str, cascade: str, crp_stages: int, miou: float) -> tuple[Path, int]:
+def variant_folder(tmp_path: Path, name: str, cascade: str, crp_stages: int, miou: float) -> tuple[Path, int, int]:
     """A small random variant saved as a release would be, its eval file hand-made; returns the
-    folder and its parameter count, counted here."""
+    folder, its parameter count and that of its decoder (all but the backbone), counted here."""
     config = RefineNetConfig(
         backbone="mobilenetv2",
         num_classes=11,
@@ -51,12 +51,13 @@ def variant_folder(tmp_path: Path, name: str, cascade: str, crp_stages: int, mio
     per_class = {c: 10.0 + i for i, c in enumerate(CAMVID)}
     evaluation = {"mIoU": miou, "per_class_iou": per_class, "scales": [1.0], "flip": False}
     (folder / "eval-test.json").write_text(json.dumps(evaluation))
-    return folder, sum(p.numel() for p in model.parameters())
+    backbone = sum(p.numel() for p in model.backbone.parameters())
+    return folder, sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.parameters()) - backbone
 
 
 def test_rows_take_each_figure_from_its_measurement(table, tmp_path):
-    four, four_params = variant_folder(tmp_path, "abl-4cascade", "4-cascade", 4, 61.25)
-    one, one_params = variant_folder(tmp_path, "abl-1cascade", "1-cascade", 0, 57.5)
+    four, four_params, four_decoder = variant_folder(tmp_path, "abl-4cascade", "4-cascade", 4, 61.25)
+    one, one_params, one_decoder = variant_folder(tmp_path, "abl-1cascade", "1-cascade", 0, 57.5)
     configs = tmp_path / "configs"
     configs.mkdir()
     (configs / "abl-4cascade.yaml").write_text(
@@ -75,6 +76,7 @@ def test_rows_take_each_figure_from_its_measurement(table, tmp_path):
     rows = [table.measure(f.name, f, latencies, configs) for f in (four, one)]
     assert [r.parameters for r in rows] == [four_params, one_params]
     assert four_params != one_params
+    assert [r.decoder_parameters for r in rows] == [four_decoder, one_decoder] and one_decoder < four_decoder
     assert rows[0].seed == 7 and rows[1].seed is None  # no config, no seed claimed
     assert rows[0].thin_iou == {"Pole": 12.0, "SignSymbol": 16.0, "Fence": 17.0, "Pedestrian": 19.0, "Bicyclist": 20.0}
     assert "no CRP (0 stages)" in rows[1].description and "1-cascade" in rows[1].description
@@ -83,12 +85,13 @@ def test_rows_take_each_figure_from_its_measurement(table, tmp_path):
     first, second = lines[2].split(" | "), lines[3].split(" | ")
     assert first[1:8] == ["7", "61.25", "12.0", "16.0", "17.0", "19.0", "20.0"]
     assert first[-1] == "42 |"
+    assert first[8] == f"{four_params / 1e6:.2f} M ({four_decoder / 1e6:.2f} M)"
     assert second[1:3] == ["-", "57.50"] and second[-1] == "- |"  # unmeasured latency is a dash
     assert "`python benchmarks/bench.py --models zoo:abl-4cascade --name ablation`" in lines[-1]
 
 
 def test_a_multiscale_evaluation_is_refused(table, tmp_path):
-    folder, _ = variant_folder(tmp_path, "abl", "2-cascade", 4, 60.0)
+    folder, _, _ = variant_folder(tmp_path, "abl", "2-cascade", 4, 60.0)
     evaluation = json.loads((folder / "eval-test.json").read_text())
     (folder / "eval-test.json").write_text(json.dumps(evaluation | {"scales": [0.75, 1.0, 1.25], "flip": True}))
     with pytest.raises(ValueError, match="not a single-scale"):

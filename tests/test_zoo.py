@@ -112,5 +112,14 @@ def test_a_family_shares_its_classes_and_data_set():
         members = zoo.family_members(family)
         assert len({m.classes for m in members}) == 1 and len({m.dataset for m in members}) == 1, family
         assert all(m.sha256 is not None for m in members), "a family lists trained weights only"
-    # No ablation variant is trained yet: the app shows no comparison by default (see app.py).
     assert len(zoo.family_members(zoo.ABLATION_FAMILY)) != 1, "a family of one compares nothing"
+
+
+def test_the_bundled_ablation_family_fits_in_20_mb():
+    """Issue 20: every variant ships in the package, all of them together in at most 20 MB (the
+    files as committed: fp16 decoders, the frozen backbone left out)."""
+    members = zoo.family_members(zoo.ABLATION_FAMILY)
+    assert members and all(m.bundled for m in members)
+    folders = [zoo.bundled_folder(m.model_id) for m in members]
+    total = sum(f.stat().st_size for folder in folders for f in folder.iterdir() if f.is_file())
+    assert total <= 20_000_000, f"the family's folders take {total / 1e6:.2f} MB"

@@ -54,7 +54,8 @@ def test_compare_returns_every_variant_and_where_they_disagree(compare_client):
     for (picture, caption), (name, cascade, stages, _, miou) in zip(pictures, VARIANTS, strict=True):
         title, description, measured = caption.split(" · ")[0], caption.split(" · ")[1], caption.split(" · ")[-1]
         assert title == name and description.startswith(f"{cascade}: ")
-        assert caption.split(" · ")[-2] == f"{stages} CRP stage{'s' if stages != 1 else ''}"
+        crp = "no CRP (0 stages)" if stages == 0 else f"{stages} CRP stage{'s' if stages != 1 else ''}"
+        assert caption.split(" · ")[-2] == crp
         assert measured == (f"test mIoU {miou:.2f}" if miou is not None else "test mIoU not measured")
         assert picture.format == "PNG" and picture.size == COMPARE_SIZE  # one size for all: the smallest cap
     labels = [labels_from_colours(picture) for picture, _ in pictures]
@@ -108,8 +109,14 @@ def test_the_compare_server_lists_its_endpoint(compare_client):
 # ----------------------------------------------------------------------------- in-process
 
 
-def test_without_variants_the_section_is_absent(app_module, app_model_folder, app_server):
-    assert zoo.family_members(zoo.ABLATION_FAMILY) == []  # no ablation variant is trained yet
+def zoo_without_the_family(monkeypatch) -> None:
+    """The zoo as it would be with no ablation variant released."""
+    kept = {k: e for k, e in zoo.MODELS.items() if e.family != zoo.ABLATION_FAMILY}
+    monkeypatch.setattr(zoo, "MODELS", kept)
+
+
+def test_without_variants_the_section_is_absent(app_module, app_model_folder, app_server, monkeypatch):
+    zoo_without_the_family(monkeypatch)
     demo_app = app_module.DemoApp(str(app_model_folder), "cpu")
     assert demo_app.variants == []
     blocks = app_module.build_demo(demo_app)
@@ -167,6 +174,7 @@ def test_in_hosting_mode_the_operators_folders_load_and_run_on_the_compute_threa
 def test_the_default_family_is_compared_when_the_zoo_has_one(app_module, app_model_folder, monkeypatch, tmp_path):
     """With two family members in the zoo and no --compare, the section shows them; a family
     that cannot be loaded leaves the section out instead of stopping the demo."""
+    zoo_without_the_family(monkeypatch)
     first = make_app_model_folder(tmp_path / "a", "2-cascade", seed=3)
     second = make_app_model_folder(tmp_path / "b", "1-cascade", seed=4)
     entries = {
@@ -186,3 +194,28 @@ def test_the_default_family_is_compared_when_the_zoo_has_one(app_module, app_mod
     )
     monkeypatch.setattr(zoo, "MODELS", {**zoo.MODELS, **broken})
     assert app_module.DemoApp(str(app_model_folder), "cpu").variants == []
+
+
+def test_the_bundled_family_loads_and_every_variant_answers(app_module, app_model_folder, torchvision_cache):
+    """The released ablation decoders themselves, on a random stand-in for torchvision's frozen
+    backbone (the ``torchvision_cache`` fixture: real loading code, no download): each loads
+    against its zoo sha256, is captioned with its measured test mIoU, and predicts the photo."""
+    family = zoo.family_members(zoo.ABLATION_FAMILY)
+    assert len(family) >= 4, "the 4-, 2- and 1-cascade and the 4-cascade without CRP are bundled"
+    demo_app = app_module.DemoApp(str(app_model_folder), "cpu")  # no --compare: the zoo's family
+    assert [v.name for v in demo_app.variants] == [entry.model_id for entry in family]
+    assert [v.test_miou for v in demo_app.variants] == [entry.metrics["test_mean_iou"] for entry in family]
+    app_module.build_demo(demo_app)  # registers the app for the compute thread's network functions
+    variants_html, disagreement_path, key = demo_app.compare_variants(str(EXAMPLE))
+    pictures = grid_items(variants_html)
+    assert len(pictures) == len(family)
+    for (picture, caption), entry in zip(pictures, family, strict=True):
+        parts = caption.split(" · ")
+        assert parts[0] == entry.model_id and parts[-1] == f"test mIoU {entry.metrics['test_mean_iou']:.2f}"
+        # The caption is read from the loaded config: it must say what the id says.
+        what = entry.model_id.removeprefix("camvid-ablation-").removesuffix("-seed1")
+        assert parts[1].startswith("4-cascade: " if what == "nocrp" else what.replace("cascade", "-cascade: "))
+        assert ("no CRP (0 stages)" in parts) == (what == "nocrp")
+        assert picture.size == pictures[0][0].size
+    assert Image.open(disagreement_path).size == pictures[0][0].size
+    assert f"All {len(family)} variants agree on" in key
