@@ -145,6 +145,12 @@ MODELS: dict[str, ZooEntry] = {
             "000fce2d26198f282f8634d2a94cc2009ed7a9a8ffa1a8ea29ecd40999f377bf",
         ),
         _ablation_variant(
+            "camvid-ablation-4cascade-seed1",
+            "4-cascade, 4 CRP stages (seed 1)",
+            {"test_mean_iou": 59.64, "test_pixel_accuracy": 89.45},
+            "b870922f0cca86add12935fdbad62aa5250a06e11784556c757c34df5c09d5a7",
+        ),
+        _ablation_variant(
             "camvid-ablation-2cascade",
             "2-cascade, 4 CRP stages",
             {"test_mean_iou": 59.82, "test_pixel_accuracy": 89.11},
@@ -155,6 +161,12 @@ MODELS: dict[str, ZooEntry] = {
             "1-cascade, 4 CRP stages (seed 0)",
             {"test_mean_iou": 59.12, "test_pixel_accuracy": 88.45},
             "73d1910a0e76a2c48f7d8aeaf9275354a97e88e897be0fc309bb78d29c049004",
+        ),
+        _ablation_variant(
+            "camvid-ablation-1cascade-seed1",
+            "1-cascade, 4 CRP stages (seed 1)",
+            {"test_mean_iou": 59.54, "test_pixel_accuracy": 88.32},
+            "ecaccd057c1cb5aa6c30aaec39ecf4a1028bccbc87c6acce6129a18cd67eaeeb",
         ),
         _ablation_variant(
             "camvid-ablation-nocrp",

@@ -96,3 +96,18 @@ def test_a_multiscale_evaluation_is_refused(table, tmp_path):
     (folder / "eval-test.json").write_text(json.dumps(evaluation | {"scales": [0.75, 1.0, 1.25], "flip": True}))
     with pytest.raises(ValueError, match="not a single-scale"):
         table.measure("abl", folder, {}, tmp_path)
+
+
+def test_the_readme_table_is_the_scripts_output_for_the_bundled_family(table, torchvision_cache):
+    """The published table is what the script writes from the committed folders, configs and
+    benchmark result, character for character (parameter and multiply-add counts do not depend on
+    the backbone's values, so the ``torchvision_cache`` fixture's random stand-in serves)."""
+    from refinenet import zoo
+
+    bench = json.loads((ROOT / "benchmarks" / "results" / "ablation.json").read_text(encoding="utf-8"))
+    latencies = table.bench_latencies(bench)
+    members = zoo.family_members(zoo.ABLATION_FAMILY)
+    assert {m.model_id for m in members} <= set(latencies), "every variant was timed"
+    rows = [table.measure(m.model_id, zoo.bundled_folder(m.model_id), latencies, ROOT / "configs") for m in members]
+    assert [round(r.test_miou, 2) for r in rows] == [m.metrics["test_mean_iou"] for m in members]  # folder, zoo agree
+    assert table.markdown(rows, bench["stamp"]["command"]) in (ROOT / "README.md").read_text(encoding="utf-8")
