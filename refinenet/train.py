@@ -669,6 +669,9 @@ def train(
             "loss": float(np.mean(losses)) if losses else None,
             "seconds": round(time.time() - start, 1),
             "precision": str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "fp32",
+            # The schedule this epoch ran on: a run extended with --epochs changes it mid-run (the
+            # poly rate restarts from where the longer schedule stands), and a release must say so.
+            "schedule_epochs": cfg.epochs,
         }
         if (
             rank == 0

@@ -174,18 +174,44 @@ def comparison_table(configs: list[Path], epoch: int) -> str:
     return "\n".join(lines)
 
 
-def training_summary(run: Path, released: str) -> str:
-    """Loss per epoch, and each validated epoch's figures (the train/val gap and which epoch
-    was kept)."""
+def run_epochs(run: Path) -> list[dict]:
+    """The run's per-epoch records (``log.jsonl``), in order; a resumed run may log an epoch
+    twice, and the last record of it counts."""
     log = run / "log.jsonl"
-    if not log.exists():
-        return "No training log was found."
     last = {}
-    for line in log.read_text().splitlines():  # a resumed run may log an epoch twice; keep the last
+    for line in log.read_text().splitlines() if log.exists() else []:
         if line.strip():
             record = json.loads(line)
             last[record["epoch"]] = record
-    epochs = [last[e] for e in sorted(last)]
+    return [last[e] for e in sorted(last)]
+
+
+def train_commands(config: Path, config_epochs: int, epochs: list[dict], until: int | None) -> list[str]:
+    """The ``refinenet train`` commands that reproduce the run up to epoch ``until`` (all when
+    ``None``): the config's own schedule, then one ``--epochs N`` per extension of it, in order.
+    Records written before the trainer logged ``schedule_epochs`` ran on the config's schedule."""
+    lengths: list[int] = []
+    for record in epochs:
+        if until is not None and record["epoch"] > until:
+            break
+        length = record.get("schedule_epochs", config_epochs)
+        if not lengths or lengths[-1] != length:
+            lengths.append(length)
+    base = f"refinenet train {config.as_posix()}"
+    commands = [
+        base if length == config_epochs else f"{base} --epochs {length}" for length in lengths or [config_epochs]
+    ]
+    if until is not None and until < (lengths or [config_epochs])[-1]:
+        commands[-1] += f" --until-epoch {until}"
+    return commands
+
+
+def training_summary(run: Path, released: str) -> str:
+    """Loss per epoch, and each validated epoch's figures (the train/val gap and which epoch
+    was kept)."""
+    epochs = run_epochs(run)
+    if not epochs:
+        return "No training log was found."
     minutes = sum(r.get("seconds", 0) for r in epochs) / 60
     lines = [
         f"{len(epochs)} epochs, {epochs[-1]['step']} steps, {minutes:.0f} min of wall-clock time on a shared "
@@ -353,7 +379,7 @@ def main() -> int:
             if encoder_file.endswith(".safetensors")
             else []
         ),
-        f"refinenet train {args.config.as_posix()}",
+        *train_commands(args.config, train_config.epochs, run_epochs(args.run), args.epoch),
         release_cmd,
         "```",
         "",

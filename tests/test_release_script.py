@@ -102,3 +102,30 @@ def test_comparison_table_reads_each_run_at_the_same_epoch(release, tmp_path):
     assert rows[3].endswith(f"`refinenet train {other.as_posix()} --until-epoch 2` |")
     with pytest.raises(SystemExit, match="no validated epoch 4"):
         release.comparison_table([base], epoch=4)
+
+
+def test_an_extended_schedule_is_reproduced_by_one_command_per_schedule(release, tmp_path):
+    """A run trained on the config's 16 epochs and then extended with --epochs 32 cannot be
+    reproduced by one 32-epoch run (its rate decayed to zero at epoch 16): the card lists both."""
+    config = Path("configs/x.yaml")
+    early = [{"epoch": e} for e in (1, 2)]  # logged before the trainer recorded its schedule
+    extended = [{"epoch": e, "schedule_epochs": 4} for e in (3, 4)]
+    assert release.train_commands(config, 2, early, None) == ["refinenet train configs/x.yaml"]
+    assert release.train_commands(config, 2, early + extended, None) == [
+        "refinenet train configs/x.yaml",
+        "refinenet train configs/x.yaml --epochs 4",
+    ]
+    # Released after epoch 3: the extension stops there; after epoch 2 it never happened.
+    assert (
+        release.train_commands(config, 2, early + extended, 3)[-1]
+        == "refinenet train configs/x.yaml --epochs 4 --until-epoch 3"
+    )
+    assert release.train_commands(config, 2, early + extended, 2) == ["refinenet train configs/x.yaml"]
+    # A config's own schedule released early stops early too.
+    assert release.train_commands(config, 2, early, 1) == ["refinenet train configs/x.yaml --until-epoch 1"]
+    # A resumed run logs an epoch again: the last record of it counts.
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.0}, {"epoch": 2, "loss": 0.5, "schedule_epochs": 4}]
+    (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    assert release.run_epochs(run) == [lines[0], lines[2]]
