@@ -136,8 +136,9 @@ MODELS: dict[str, ZooEntry] = {
             license="other",
         ),
         # The ablation family: the 4-cascade, 2-cascade, 1-cascade and the 4-cascade without CRP,
-        # each repeated seed beside its variant (the app shows them in this order). Metrics: scripts/release_model.py
-        # --fp16 --skip-multiscale (refinenet eval on the 233 CamVid test frames, single scale).
+        # each repeated seed beside its variant (the app shows them in this order). Metrics:
+        # scripts/release_model.py --fp16 --skip-multiscale (refinenet eval on the 233 CamVid test
+        # frames, single scale).
         _ablation_variant(
             "camvid-ablation-4cascade",
             "4-cascade, 4 CRP stages (seed 0)",

@@ -86,7 +86,7 @@ def measure(name: str, folder: Path, latencies: dict[str, float], config_dir: Pa
         test_miou=float(evaluation["mIoU"]),
         thin_iou={c: per_class.get(c) for c in THIN_CLASSES},
         parameters=count_parameters(model),
-        decoder_parameters=sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone.")),
+        decoder_parameters=count_parameters(model) - count_parameters(model.backbone),
         gmacs=count_macs(model, SIZE).total / 1e9,
         latency_ms=latencies.get(name),
     )

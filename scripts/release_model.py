@@ -206,10 +206,9 @@ def train_commands(config: Path, config_epochs: int, epochs: list[dict], until: 
     return commands
 
 
-def training_summary(run: Path, released: str) -> str:
+def training_summary(epochs: list[dict], released: str) -> str:
     """Loss per epoch, and each validated epoch's figures (the train/val gap and which epoch
-    was kept)."""
-    epochs = run_epochs(run)
+    was kept), from the run's records (:func:`run_epochs`)."""
     if not epochs:
         return "No training log was found."
     minutes = sum(r.get("seconds", 0) for r in epochs) / 60
@@ -357,6 +356,7 @@ def main() -> int:
             result["model"] = relative(result["model"])
             write_results(result, out / name)
     train_config = TrainConfig.load(args.config)
+    epochs = run_epochs(args.run)
     encoder_file = train_config.backbone_weights or ""
     release_cmd = (
         f"python scripts/release_model.py --run {args.run.as_posix()} --config {args.config.as_posix()} "
@@ -379,7 +379,7 @@ def main() -> int:
             if encoder_file.endswith(".safetensors")
             else []
         ),
-        *train_commands(args.config, train_config.epochs, run_epochs(args.run), args.epoch),
+        *train_commands(args.config, train_config.epochs, epochs, args.epoch),
         release_cmd,
         "```",
         "",
@@ -391,7 +391,7 @@ def main() -> int:
         "```",
         "",
         training_summary(
-            args.run, "the final weights" if args.epoch is None else f"the weights after epoch {args.epoch}"
+            epochs, "the final weights" if args.epoch is None else f"the weights after epoch {args.epoch}"
         ),
     ]
     if args.notes:

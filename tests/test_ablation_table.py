@@ -51,8 +51,8 @@ def variant_folder(tmp_path: Path, name: str, cascade: str, crp_stages: int, mio
     per_class = {c: 10.0 + i for i, c in enumerate(CAMVID)}
     evaluation = {"mIoU": miou, "per_class_iou": per_class, "scales": [1.0], "flip": False}
     (folder / "eval-test.json").write_text(json.dumps(evaluation))
-    backbone = sum(p.numel() for p in model.backbone.parameters())
-    return folder, sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.parameters()) - backbone
+    total = sum(p.numel() for p in model.parameters())
+    return folder, total, total - sum(p.numel() for p in model.backbone.parameters())
 
 
 def test_rows_take_each_figure_from_its_measurement(table, tmp_path):
