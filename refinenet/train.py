@@ -48,8 +48,10 @@ from .data import (
     set_epoch,
 )
 from .evaluate import evaluate_model
-from .folder import stored_tensors
+from .folder import load_folder, load_state_dict_strict, stored_tensors
 from .models import RefineNet, build_model
+
+DISTILL_KEYS = {"teacher", "weight", "only_where_labels_agree"}
 
 
 @dataclass
@@ -78,8 +80,16 @@ class TrainConfig:
     freeze_backbone: bool = False
     # Knowledge distillation: {"teacher": folder of teacher.py, "weight": w}. Adds w x KL(teacher
     # || student) on every photo pixel of the crop, the teacher's probabilities restricted to the
-    # classes the crop's human boxes allow (needs boxes.json in the training split).
+    # classes the crop's human boxes allow (needs boxes.json in the training split). With
+    # "only_where_labels_agree": true, only on the pixels whose label the teacher's restricted
+    # argmax reproduces: where the labels were made better than the teacher's single look (zoomed
+    # small boxes, boxes it missed, whose background is left unlabelled), the KL term would
+    # otherwise teach the student the teacher's miss.
     distill: dict[str, Any] | None = None
+    # A model folder (an earlier run's model-e<N>) whose weights start this run, every tensor
+    # strictly; its config must describe the same network. The run is then a fine-tune on a
+    # schedule of its own (a fresh optimiser; the learning rates and warm-up say where it starts).
+    init_from: str | None = None
     epochs: int = 30
     batch_size: int = 8
     crop_size: int = 320
@@ -109,6 +119,11 @@ class TrainConfig:
         if self.distill is not None:
             if "teacher" not in self.distill:
                 raise ValueError("distill needs a 'teacher' folder (holding teacher.py)")
+            unknown = sorted(set(self.distill) - DISTILL_KEYS)
+            if unknown:
+                raise ValueError(
+                    f"distill: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(DISTILL_KEYS))})"
+                )
             if self.class_mix:
                 raise ValueError("class_mix and distill do not combine: a pasted region has no teacher view")
         if self.freeze_backbone:
@@ -231,6 +246,22 @@ def load_encoder(model: RefineNet, weights: str | None) -> None:
     model.backbone.load_state_dict(state)
 
 
+# What a model folder's config may say differently from the run it starts: words, not computation.
+_DESCRIPTIVE_FIELDS = {"description", "datasets", "license", "backbone_init"}
+
+
+def load_initial_weights(model: RefineNet, folder: str | Path) -> None:
+    """Start ``model`` from a model folder's weights (``init_from``), every tensor strictly. The
+    folder's config must describe the same network (architecture, classes, normalisation): a
+    fine-tune from a model that saw differently normalised inputs would start from noise."""
+    start = load_folder(folder)
+    ours, theirs = model.config.to_dict(), start.config.to_dict()
+    differ = sorted(k for k in set(ours) | set(theirs) if k not in _DESCRIPTIVE_FIELDS and ours.get(k) != theirs.get(k))
+    if differ:
+        raise ValueError(f"init_from {folder}: its config differs from this run's in {', '.join(differ)}")
+    load_state_dict_strict(model, start.state_dict(), str(folder))
+
+
 def freeze_batch_norm_statistics(module: nn.Module) -> None:
     """Put every batch norm of ``module`` in eval mode: it normalises with its stored statistics
     and stops updating them (its scale and shift still learn). Call after each ``train()``."""
@@ -260,26 +291,45 @@ class Distiller:
     the teacher's uncertainty between plausible classes, never a class no box supports.
     """
 
-    def __init__(self, folder: str | Path, weight: float, mean, std, device: torch.device) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        weight: float,
+        mean,
+        std,
+        device: torch.device,
+        only_where_labels_agree: bool = False,
+        ignore_index: int = 255,
+    ) -> None:
         self.teacher = import_teacher(folder).Teacher(device)
         self.weight = float(weight)
+        self.only_where_labels_agree = bool(only_where_labels_agree)
+        self.ignore_index = ignore_index
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
 
     @torch.no_grad()
     def targets(
-        self, x: torch.Tensor, allowed: torch.Tensor, size: tuple[int, int]
+        self, x: torch.Tensor, allowed: torch.Tensor, size: tuple[int, int], labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher probabilities on the normalised crops ``x``, restricted to ``allowed`` and
         renormalised, averaged down to ``size`` (the student's 1/4 output), with the mask of the
-        output pixels that lie on the photo rather than on padding."""
+        output pixels to distil on: those on the photo rather than on padding, and with
+        ``only_where_labels_agree`` those where the teacher's argmax equals ``labels`` (N x H x W,
+        at the crops' size) on most of the pixels the output pixel covers."""
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cpu"):
             probs = self.teacher.probs(x * self.std + self.mean)
         probs = probs.float() * allowed
         probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-8)
+        trusted = allowed[:, :1].float()
+        if self.only_where_labels_agree:
+            if labels is None:
+                raise ValueError("only_where_labels_agree needs the crops' labels")
+            agree = (probs.argmax(1) == labels) & (labels != self.ignore_index)
+            trusted = trusted * agree[:, None].float()
         probs = F.adaptive_avg_pool2d(probs, size)
-        on_photo = F.adaptive_avg_pool2d(allowed[:, :1].float(), size)[:, 0] > 0.5
-        return probs / probs.sum(1, keepdim=True).clamp_min(1e-8), on_photo
+        mask = F.adaptive_avg_pool2d(trusted, size)[:, 0] > 0.5
+        return probs / probs.sum(1, keepdim=True).clamp_min(1e-8), mask
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, on_photo: torch.Tensor) -> torch.Tensor:
         """Weighted mean KL(targets || softmax(logits)) over the output pixels on the photo."""
@@ -543,6 +593,8 @@ def train(
     model = build_model(model_config, torchvision_weights)
     load_encoder(model, cfg.backbone_weights)
     zero_init_residual_branches(model)
+    if cfg.init_from:
+        load_initial_weights(model, cfg.init_from)
     published: dict[str, torch.Tensor] | None = None
     if cfg.freeze_backbone:
         freeze_backbone(model)
@@ -572,7 +624,13 @@ def train(
     distiller = None
     if cfg.distill:
         distiller = Distiller(
-            cfg.distill["teacher"], cfg.distill.get("weight", 1.0), model_config.mean, model_config.std, device
+            cfg.distill["teacher"],
+            cfg.distill.get("weight", 1.0),
+            model_config.mean,
+            model_config.std,
+            device,
+            only_where_labels_agree=cfg.distill.get("only_where_labels_agree", False),
+            ignore_index=ignore_index,
         )
     autocast_dtype = autocast_dtype_for(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
@@ -645,7 +703,7 @@ def train(
             if distiller is not None:
                 allowed = allowed_classes(batch[2], batch[3], model_config.num_classes, tuple(y.shape[-2:]))
                 out_size = (y.shape[-2] // 4, y.shape[-1] // 4)
-                distill = (distiller, *distiller.targets(x, allowed.to(device), out_size))
+                distill = (distiller, *distiller.targets(x, allowed.to(device), out_size, y))
             loss = train_step(net, optimizer, x, y, ignore_index, cfg.grad_clip, scaler, autocast_dtype, distill)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {step}; lower the learning rate")

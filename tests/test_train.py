@@ -307,6 +307,96 @@ def test_distillation_targets_keep_only_the_classes_the_boxes_allow(tmp_path):
     assert distiller.loss(torch.zeros_like(logits), targets, on_photo).item() > 0.1
 
 
+SPLIT_TEACHER = '''
+import torch
+
+
+class Teacher:
+    """A stand-in teacher: class 2 (0.8) on the left half of every image, background (0.8) on the right."""
+
+    def __init__(self, device="cpu"):
+        pass
+
+    def probs(self, images, flip=False):
+        n, _, h, w = images.shape
+        p = torch.full((n, 3, h, w), 0.1)
+        p[:, 2, :, : w // 2] = 0.8
+        p[:, 0, :, w // 2 :] = 0.8
+        return p
+'''
+
+
+def test_distillation_only_where_the_teacher_agrees_with_the_labels(tmp_path):
+    from refinenet.train import Distiller
+
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "teacher.py").write_text(SPLIT_TEACHER)
+    allowed = torch.zeros(1, 3, 8, 8, dtype=torch.bool)
+    allowed[:, 0] = True
+    allowed[:, 2, :4, :4] = True  # a class-2 box over the top-left quarter
+    # Restricted to the box, the teacher's argmax is class 2 in the top-left quarter and
+    # background everywhere else (its class 2 on the bottom-left has no box).
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[:, :4, :4] = 2  # agrees
+    labels[:, :2, 4:] = 255  # unlabelled: output row 0, columns 2-3 are not distilled
+    labels[:, 4:6, :2] = 1  # a class the teacher missed: output (2, 0) is not distilled
+    labels[:, 6, 6] = 1  # one pixel of four disagrees: output (3, 3) is still distilled
+    labels[:, 6:, 2:4] = torch.tensor([[1, 0], [1, 0]])  # half of output (3, 1): not a majority
+    x = torch.zeros(1, 3, 8, 8)
+    everywhere = Distiller(tmp_path / "teacher", 1.0, (0.5,) * 3, (0.5,) * 3, torch.device("cpu"))
+    assert everywhere.targets(x, allowed, (4, 4), labels)[1].all()
+    agreeing = Distiller(
+        tmp_path / "teacher", 1.0, (0.5,) * 3, (0.5,) * 3, torch.device("cpu"), only_where_labels_agree=True
+    )
+    targets, mask = agreeing.targets(x, allowed, (4, 4), labels)
+    expected = torch.ones(4, 4, dtype=torch.bool)
+    expected[0, 2:] = False
+    expected[2, 0] = False
+    expected[3, 1] = False
+    assert torch.equal(mask[0], expected)
+    # The targets themselves do not change, only where they are used.
+    assert torch.equal(targets, everywhere.targets(x, allowed, (4, 4), labels)[0])
+    with pytest.raises(ValueError, match="labels"):
+        agreeing.targets(x, allowed, (4, 4))
+
+
+def test_distill_settings_are_checked_by_name(tmp_path):
+    with pytest.raises(ValueError, match="only_where_label_agree"):
+        tiny_config(tmp_path, 1, distill={"teacher": "t", "only_where_label_agree": True})
+
+
+def test_a_run_can_start_from_an_earlier_runs_model_folder(tmp_path):
+    """init_from: every tensor of the folder, strictly; a folder of a different network is refused."""
+    torch.manual_seed(0)
+    first = train(tiny_config(tmp_path, 1, name="first"), progress=False)
+    started = build_model(tiny_config(tmp_path, 1).model_config())
+    zero_init_residual_branches(started)
+    from refinenet.folder import load_folder
+    from refinenet.train import load_initial_weights
+
+    trained = load_folder(first / "model").state_dict()
+    assert any(not torch.equal(v, started.state_dict()[k]) for k, v in trained.items())
+    # A fine-tune at learning rate 0 (batch norms frozen) ends exactly where it started.
+    second = train(
+        tiny_config(
+            tmp_path,
+            1,
+            name="second",
+            init_from=str(first / "model"),
+            backbone_bn="frozen",
+            lr_backbone=0.0,
+            lr_decoder=0.0,
+            optimizer="sgd",
+        ),
+        progress=False,
+    )
+    after = load_folder(second / "model").state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in after.items())
+    other = build_model(tiny_config(tmp_path, 1, model=dict(TINY_MODEL, mean=[0.5] * 3, std=[0.5] * 3)).model_config())
+    with pytest.raises(ValueError, match="mean, std"):
+        load_initial_weights(other, first / "model")
+
+
 def test_a_distilled_run_with_a_file_encoder_and_frozen_batch_norm(tmp_path):
     """The VOC recipe's options together on generated data: the encoder comes from a
     safetensors file (strictly), the teacher from a folder, the backbone's batch-norm statistics
