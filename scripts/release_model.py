@@ -206,6 +206,25 @@ def train_commands(config: Path, config_epochs: int, epochs: list[dict], until: 
     return commands
 
 
+def reproduce_commands(config: Path, epochs: list[dict], until: int | None) -> list[str]:
+    """:func:`train_commands` for ``config``'s run (``epochs``: its records), preceded, when the
+    config starts from an earlier run's weights (``init_from: <output_dir>/<name>/model-e<N>``),
+    by the commands that train that run to epoch N; its config is ``<name>.yaml`` beside this one."""
+    cfg = TrainConfig.load(config)
+    before: list[str] = []
+    if cfg.init_from:
+        start = Path(cfg.init_from)
+        epoch = start.name.removeprefix("model-e")
+        parent = config.parent / f"{start.parent.name}.yaml"
+        if not epoch.isdigit() or not parent.is_file():
+            raise SystemExit(
+                f"error: init_from {cfg.init_from} is not the model-e<N> of a run configured beside {config}"
+            )
+        parent_cfg = TrainConfig.load(parent)
+        before = reproduce_commands(parent, run_epochs(parent_cfg.run_dir), int(epoch))
+    return before + train_commands(config, cfg.epochs, epochs, until)
+
+
 def training_summary(epochs: list[dict], released: str) -> str:
     """Loss per epoch, and each validated epoch's figures (the train/val gap and which epoch
     was kept), from the run's records (:func:`run_epochs`)."""
@@ -379,7 +398,7 @@ def main() -> int:
             if encoder_file.endswith(".safetensors")
             else []
         ),
-        *train_commands(args.config, train_config.epochs, epochs, args.epoch),
+        *reproduce_commands(args.config, epochs, args.epoch),
         release_cmd,
         "```",
         "",
@@ -394,6 +413,8 @@ def main() -> int:
             epochs, "the final weights" if args.epoch is None else f"the weights after epoch {args.epoch}"
         ),
     ]
+    if train_config.init_from:
+        training += ["", f"The run started from the weights of `{train_config.init_from}` (the commands above)."]
     if args.notes:
         training += ["", args.notes]
     if args.notes_file:

@@ -129,3 +129,30 @@ def test_an_extended_schedule_is_reproduced_by_one_command_per_schedule(release,
     lines = [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.0}, {"epoch": 2, "loss": 0.5, "schedule_epochs": 4}]
     (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
     assert release.run_epochs(run) == [lines[0], lines[2]]
+
+
+def test_a_fine_tune_is_reproduced_by_training_its_starting_point_first(release, tmp_path):
+    """init_from: runs/<name>/model-e<N> means "that run's first N epochs, then this config"."""
+    runs = tmp_path / "runs"
+    (tmp_path / "main.yaml").write_text(
+        f"name: main\nmodel: {{num_classes: 2}}\ndata: {{}}\nepochs: 2\noutput_dir: {runs}\n"
+    )
+    (runs / "main").mkdir(parents=True)
+    records = [{"epoch": 1}, {"epoch": 2}, {"epoch": 3, "schedule_epochs": 4}]
+    (runs / "main" / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    tune = tmp_path / "tune.yaml"
+    tune.write_text(f"base: main.yaml\nname: tune\ninit_from: {runs}/main/model-e2\n")
+    main = (tmp_path / "main.yaml").as_posix()
+    assert release.reproduce_commands(tune, [{"epoch": 1}], None) == [
+        f"refinenet train {main}",
+        f"refinenet train {tune.as_posix()}",
+    ]
+    tune.write_text(f"base: main.yaml\nname: tune\ninit_from: {runs}/main/model-e3\n")
+    assert release.reproduce_commands(tune, [{"epoch": 1}, {"epoch": 2}], 1) == [
+        f"refinenet train {main}",
+        f"refinenet train {main} --epochs 4 --until-epoch 3",
+        f"refinenet train {tune.as_posix()} --until-epoch 1",
+    ]
+    tune.write_text(f"base: main.yaml\nname: tune\ninit_from: {runs}/elsewhere/model-e3\n")
+    with pytest.raises(SystemExit, match="init_from"):
+        release.reproduce_commands(tune, [], None)
