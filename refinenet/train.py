@@ -246,17 +246,19 @@ def load_encoder(model: RefineNet, weights: str | None) -> None:
     model.backbone.load_state_dict(state)
 
 
-# What a model folder's config may say differently from the run it starts: words, not computation.
-_DESCRIPTIVE_FIELDS = {"description", "datasets", "license", "backbone_init"}
+# What a model folder's config may say differently from the run it starts: words, and the output
+# stride, which runs the same weights dilated instead of strided (a fine-tune may change it).
+_FREE_FIELDS = {"description", "datasets", "license", "backbone_init", "output_stride"}
 
 
 def load_initial_weights(model: RefineNet, folder: str | Path) -> None:
     """Start ``model`` from a model folder's weights (``init_from``), every tensor strictly. The
     folder's config must describe the same network (architecture, classes, normalisation): a
-    fine-tune from a model that saw differently normalised inputs would start from noise."""
+    fine-tune from a model that saw differently normalised inputs would start from noise. The
+    output stride may differ: the same weights, run dilated (as DeepLab's encoders were trained)."""
     start = load_folder(folder)
     ours, theirs = model.config.to_dict(), start.config.to_dict()
-    differ = sorted(k for k in set(ours) | set(theirs) if k not in _DESCRIPTIVE_FIELDS and ours.get(k) != theirs.get(k))
+    differ = sorted(k for k in set(ours) | set(theirs) if k not in _FREE_FIELDS and ours.get(k) != theirs.get(k))
     if differ:
         raise ValueError(f"init_from {folder}: its config differs from this run's in {', '.join(differ)}")
     load_state_dict_strict(model, start.state_dict(), str(folder))

@@ -395,6 +395,10 @@ def test_a_run_can_start_from_an_earlier_runs_model_folder(tmp_path):
     other = build_model(tiny_config(tmp_path, 1, model=dict(TINY_MODEL, mean=[0.5] * 3, std=[0.5] * 3)).model_config())
     with pytest.raises(ValueError, match="mean, std"):
         load_initial_weights(other, first / "model")
+    # The output stride may change: the same weights, run dilated.
+    dilated = build_model(tiny_config(tmp_path, 1, model=dict(TINY_MODEL, output_stride=16)).model_config())
+    load_initial_weights(dilated, first / "model")
+    assert all(torch.equal(v, trained[k]) for k, v in dilated.state_dict().items())
 
 
 def test_a_distilled_run_with_a_file_encoder_and_frozen_batch_norm(tmp_path):
