@@ -47,6 +47,10 @@ def _architecture_rows(
         ("input normalisation", f"RGB in [0, 1], mean {config.mean}, std {config.std}"),
         ("recommended input size", f"{config.input_size} px"),
     ]
+    if config.output_stride != 32:
+        stride = config.output_stride
+        dilated = f"{stride}: the deepest backbone level runs dilated instead of strided (RefineNet-4 at 1/{stride})"
+        rows.insert(2, ("output stride", dilated))
     if config.backbone_init:
         rows.insert(2, ("backbone initialisation", config.backbone_init))
     if config.frozen_backbone:

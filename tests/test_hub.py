@@ -100,6 +100,19 @@ def test_folder_layout_and_model_card(tiny_folder):
     assert "from_pretrained" in body
 
 
+def test_the_card_names_an_output_stride_other_than_the_papers():
+    from refinenet.config import RefineNetConfig
+    from refinenet.modelcard import render_model_card
+
+    config = RefineNetConfig(architecture="refinenet", backbone="mobilenetv2", num_classes=3)
+    assert "output stride" not in render_model_card(config)
+    dilated = render_model_card(
+        RefineNetConfig(architecture="refinenet", backbone="mobilenetv2", num_classes=3, output_stride=16)
+    )
+    assert "| output stride | 16: the deepest backbone level runs dilated" in dilated
+    assert "RefineNet-4 at 1/16" in dilated
+
+
 @pytest.mark.parametrize("change", ["extra", "missing", "shape"])
 def test_loading_is_strict_and_names_the_keys(tiny_folder, change):
     _, folder = tiny_folder
