@@ -100,10 +100,11 @@ INTRO = """
 Upload a photo (or use your webcam, or paste from the clipboard). The model the demo opens with
 knows the 20 PASCAL VOC classes (people, animals, vehicles, bottles, chairs, sofas, tables, potted
 plants, screens); the CamVid models in the *Model* box know street scenes. The network is
-**RefineNet** (Lin et al., CVPR 2017): a backbone shrinks the image to 1/32 of its size; deep
-features know *what* is in the picture, shallow ones know *where the edges are*. Four
-**RefineNet blocks** fuse them from the top down, **RefineNet-4** (deepest, 1/32) to
-**RefineNet-1** (1/4), and a classifier turns the result into one class per pixel.
+**RefineNet** (Lin et al., CVPR 2017): a backbone shrinks the image to 1/32 of its size (1/16
+in models that run its deepest blocks dilated, as DeepLab does); deep features know *what* is in
+the picture, shallow ones know *where the edges are*. Four **RefineNet blocks** fuse them from
+the top down, **RefineNet-4** (deepest) to **RefineNet-1** (1/4), and a classifier turns the
+result into one class per pixel.
 """
 
 EXAMPLES_NOTE = (
