@@ -333,11 +333,12 @@ class Distiller:
         mask = F.adaptive_avg_pool2d(trusted, size)[:, 0] > 0.5
         return probs / probs.sum(1, keepdim=True).clamp_min(1e-8), mask
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, on_photo: torch.Tensor) -> torch.Tensor:
-        """Weighted mean KL(targets || softmax(logits)) over the output pixels on the photo."""
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Weighted mean KL(targets || softmax(logits)) over the output pixels in ``mask`` (those
+        :meth:`targets` says to distil on)."""
         log_q = F.log_softmax(logits.float(), 1)
         kl = (targets * (targets.clamp_min(1e-8).log() - log_q)).sum(1)
-        return self.weight * kl[on_photo].mean() if on_photo.any() else kl.sum() * 0
+        return self.weight * kl[mask].mean() if mask.any() else kl.sum() * 0
 
 
 def parameter_groups(model: RefineNet, lr_backbone: float, lr_decoder: float) -> list[dict]:
@@ -416,7 +417,7 @@ def train_step(
 ) -> float:
     """One optimisation step; the loss is computed on logits upsampled to the label size.
 
-    ``distill`` is ``(distiller, teacher targets, on-photo mask)`` for the batch, both at the
+    ``distill`` is ``(distiller, teacher targets, mask of the pixels to distil on)`` for the batch, both at the
     model's output resolution (1/4): the KL term is added to the cross-entropy there, where the
     student's predictions live, at a sixteenth of the cost of the label size.
     """
@@ -426,8 +427,8 @@ def train_step(
         logits = F.interpolate(raw, size=y.shape[-2:], mode="bilinear", align_corners=False)
         loss = F.cross_entropy(logits.float(), y, ignore_index=ignore_index)
         if distill is not None:
-            distiller, targets, on_photo = distill
-            loss = loss + distiller.loss(raw, targets, on_photo)
+            distiller, targets, mask = distill
+            loss = loss + distiller.loss(raw, targets, mask)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
