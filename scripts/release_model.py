@@ -188,21 +188,27 @@ def run_epochs(run: Path) -> list[dict]:
 
 def train_commands(config: Path, config_epochs: int, epochs: list[dict], until: int | None) -> list[str]:
     """The ``refinenet train`` commands that reproduce the run up to epoch ``until`` (all when
-    ``None``): the config's own schedule, then one ``--epochs N`` per extension of it, in order.
+    ``None``): the config's own schedule, then one ``--epochs N`` per change of it, in order. A
+    schedule left before its end (shortened mid-run) stops at its last epoch with ``--until-epoch``.
     Records written before the trainer logged ``schedule_epochs`` ran on the config's schedule."""
-    lengths: list[int] = []
+    schedules: list[tuple[int, int]] = []  # (schedule length, last epoch trained on it)
     for record in epochs:
         if until is not None and record["epoch"] > until:
             break
         length = record.get("schedule_epochs", config_epochs)
-        if not lengths or lengths[-1] != length:
-            lengths.append(length)
+        if schedules and schedules[-1][0] == length:
+            schedules[-1] = (length, record["epoch"])
+        else:
+            schedules.append((length, record["epoch"]))
+    schedules = schedules or [(config_epochs, config_epochs)]
     base = f"refinenet train {config.as_posix()}"
-    commands = [
-        base if length == config_epochs else f"{base} --epochs {length}" for length in lengths or [config_epochs]
-    ]
-    if until is not None and until < (lengths or [config_epochs])[-1]:
-        commands[-1] += f" --until-epoch {until}"
+    commands = []
+    for i, (length, last) in enumerate(schedules):
+        command = base if length == config_epochs else f"{base} --epochs {length}"
+        stop = until if i == len(schedules) - 1 else last
+        if stop is not None and stop < length:
+            command += f" --until-epoch {stop}"
+        commands.append(command)
     return commands
 
 

@@ -123,6 +123,13 @@ def test_an_extended_schedule_is_reproduced_by_one_command_per_schedule(release,
     assert release.train_commands(config, 2, early + extended, 2) == ["refinenet train configs/x.yaml"]
     # A config's own schedule released early stops early too.
     assert release.train_commands(config, 2, early, 1) == ["refinenet train configs/x.yaml --until-epoch 1"]
+    # A schedule shortened mid-run (16 epochs, then --epochs 10 after the first) stops the first
+    # command where the shorter one took over.
+    shortened = [{"epoch": 1, "schedule_epochs": 16}, *({"epoch": e, "schedule_epochs": 10} for e in (2, 3))]
+    assert release.train_commands(config, 16, shortened, None) == [
+        "refinenet train configs/x.yaml --until-epoch 1",
+        "refinenet train configs/x.yaml --epochs 10",
+    ]
     # A resumed run logs an epoch again: the last record of it counts.
     run = tmp_path / "run"
     run.mkdir()
