@@ -86,6 +86,13 @@ class TrainConfig:
     # small boxes, boxes it missed, whose background is left unlabelled), the KL term would
     # otherwise teach the student the teacher's miss.
     distill: dict[str, Any] | None = None
+    # Partial labels from the human boxes (needs boxes.json in the training split): a pixel the
+    # labels leave unlabelled (ignore_index) is trained towards the set of classes the boxes allow
+    # there, -log of the probability on that set, instead of being skipped. The box-constrained VOC
+    # labels leave unlabelled exactly the pixels where their teacher saw a class the boxes rule out;
+    # skipped, they are where the student keeps the teacher's mistake: 54% of the pixels the
+    # released model gives an object class outside the boxes of that class lie on them (README).
+    partial_labels_from_boxes: bool = False
     # A model folder (an earlier run's model-e<N>) whose weights start this run, every tensor
     # strictly; its config must describe the same network. The run is then a fine-tune on a
     # schedule of its own (a fresh optimiser; the learning rates and warm-up say where it starts).
@@ -116,6 +123,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.backbone_bn not in ("train", "frozen"):
             raise ValueError(f"backbone_bn must be 'train' or 'frozen', not {self.backbone_bn!r}")
+        if self.partial_labels_from_boxes and self.class_mix:
+            raise ValueError("class_mix and partial_labels_from_boxes do not combine: a pasted region has no boxes")
         if self.distill is not None:
             if "teacher" not in self.distill:
                 raise ValueError("distill needs a 'teacher' folder (holding teacher.py)")
@@ -162,6 +171,11 @@ class TrainConfig:
     def encoder_from_file(self) -> bool:
         """Whether ``backbone_weights`` names a .safetensors file rather than torchvision weights."""
         return (self.backbone_weights or "").endswith(".safetensors")
+
+    @property
+    def uses_boxes(self) -> bool:
+        """Whether training reads the human boxes (for distillation or partial labels)."""
+        return self.distill is not None or self.partial_labels_from_boxes
 
     @property
     def run_dir(self) -> Path:
@@ -404,6 +418,30 @@ def autocast_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
     return None
 
 
+def partial_label_loss(
+    logits: torch.Tensor, labels: torch.Tensor, allowed: torch.Tensor, ignore_index: int
+) -> torch.Tensor:
+    """Cross-entropy with a set of classes as the target where a pixel has no label.
+
+    ``logits`` are ``B x C x H x W`` at the labels' size, ``allowed`` the ``B x C x H x W``
+    booleans of :func:`refinenet.data.allowed_classes`. A labelled pixel's target is its label
+    (the usual cross-entropy); an unlabelled one's is every class the human boxes allow there, and
+    its loss ``-log sum_{c allowed} p_c`` is low as soon as the mass sits anywhere in that set: it
+    says only "not a class the boxes rule out". Pixels with neither (padding) are left out; the
+    mean is over the rest.
+    """
+    labelled = labels != ignore_index
+    targets = allowed & ~labelled[:, None]
+    targets |= torch.zeros_like(targets).scatter_(1, labels.where(labelled, 0)[:, None], labelled[:, None])
+    counted = targets.any(1)
+    # An empty set would give log(0): mark every class there, so the masked pixels stay finite (and
+    # their gradient zero) before they are dropped from the mean.
+    targets |= ~counted[:, None]
+    log_probs = F.log_softmax(logits.float(), 1)
+    nll = -log_probs.masked_fill(~targets, float("-inf")).logsumexp(1)
+    return nll[counted].mean() if counted.any() else nll.sum() * 0
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -414,8 +452,12 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
     autocast_dtype: torch.dtype | None = None,
     distill: tuple[Distiller, torch.Tensor, torch.Tensor] | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> float:
     """One optimisation step; the loss is computed on logits upsampled to the label size.
+
+    With ``allowed`` (the classes the human boxes allow at each label pixel) the unlabelled pixels
+    count too, through :func:`partial_label_loss`.
 
     ``distill`` is ``(distiller, teacher targets, mask of the pixels to distil on)`` for the batch, both at the
     model's output resolution (1/4): the KL term is added to the cross-entropy there, where the
@@ -425,7 +467,10 @@ def train_step(
     with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         raw = model(x)
         logits = F.interpolate(raw, size=y.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits.float(), y, ignore_index=ignore_index)
+        if allowed is None:
+            loss = F.cross_entropy(logits.float(), y, ignore_index=ignore_index)
+        else:
+            loss = partial_label_loss(logits, y, allowed, ignore_index)
         if distill is not None:
             distiller, targets, mask = distill
             loss = loss + distiller.loss(raw, targets, mask)
@@ -561,7 +606,7 @@ def build_datasets(
     if eval_transform:
         return build_dataset(data.get("kind", "camvid"), data.get("root"), data["train_split"], train_tf), None
     kind, root = data.get("kind", "camvid"), data.get("root")
-    train = build_dataset(kind, root, data["train_split"], train_tf, cfg.seed, with_boxes=cfg.distill is not None)
+    train = build_dataset(kind, root, data["train_split"], train_tf, cfg.seed, with_boxes=cfg.uses_boxes)
     val = None
     if data.get("val_split"):
         # Validation reports found/outside too where the split has human boxes.
@@ -678,7 +723,7 @@ def train(
             num_workers=cfg.num_workers,
             drop_last=True,
             pin_memory=device.type == "cuda",
-            collate_fn=collate_with_boxes if distiller is not None else None,
+            collate_fn=collate_with_boxes if cfg.uses_boxes else None,
             # Its own generator: worker seeds must not draw from the global RNG, which dropout
             # uses and a checkpoint restores, or a resumed run would not repeat the same masks.
             generator=torch.Generator().manual_seed(epoch_seed),
@@ -696,18 +741,23 @@ def train(
         )
         for batch in bar:
             x, y = batch[0], batch[1]
-            if distiller is None:
+            if not cfg.uses_boxes:
                 x, y = class_mix(x, y, cfg.class_mix, ignore_index, mix_generator)
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], step, total_steps, cfg.poly_power, cfg.warmup_steps)
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
-            distill = None
+            distill, allowed = None, None
+            if cfg.uses_boxes:
+                size = tuple(y.shape[-2:])
+                allowed = allowed_classes(batch[2], batch[3], model_config.num_classes, size).to(device)
             if distiller is not None:
-                allowed = allowed_classes(batch[2], batch[3], model_config.num_classes, tuple(y.shape[-2:]))
                 out_size = (y.shape[-2] // 4, y.shape[-1] // 4)
-                distill = (distiller, *distiller.targets(x, allowed.to(device), out_size, y))
-            loss = train_step(net, optimizer, x, y, ignore_index, cfg.grad_clip, scaler, autocast_dtype, distill)
+                distill = (distiller, *distiller.targets(x, allowed, out_size, y))
+            label_sets = allowed if cfg.partial_labels_from_boxes else None
+            loss = train_step(
+                net, optimizer, x, y, ignore_index, cfg.grad_clip, scaler, autocast_dtype, distill, label_sets
+            )
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {step}; lower the learning rate")
             losses.append(loss)

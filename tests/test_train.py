@@ -1,11 +1,13 @@
 """Training: a step learns, resume is exact, torchrun + gloo runs two processes."""
 
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from _datagen import make_folder
 
@@ -584,3 +586,44 @@ def test_training_with_a_frozen_backbone_keeps_it_as_published_and_exports_the_d
     loaded = load_folder(run / "model")
     for key, value in state["model"].items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_partial_label_loss_on_unlabelled_pixels_counts_the_mass_on_the_classes_the_boxes_allow():
+    from refinenet.train import partial_label_loss
+
+    # Four pixels, three classes; logits chosen so the softmax is exactly (1/2, 1/4, 1/4).
+    logits = torch.log(torch.tensor([0.5, 0.25, 0.25])).view(1, 3, 1, 1).expand(1, 3, 1, 4).clone()
+    labels = torch.tensor([[[0, 255, 255, 255]]])
+    allowed = torch.zeros(1, 3, 1, 4, dtype=torch.bool)
+    allowed[0, :, 0, 0] = True  # a labelled pixel: its label decides, whatever the boxes allow
+    allowed[0, 0, 0, 1] = True  # unlabelled, outside every box: background alone
+    allowed[0, :2, 0, 2] = True  # unlabelled, inside a class-1 box: background or class 1
+    # pixel 3: unlabelled padding, nothing allowed: left out of the mean
+    # -log 1/2 (label), -log 1/2 (background), -log 3/4 (background + class 1), averaged over 3.
+    expected = (math.log(2) + math.log(2) + math.log(4 / 3)) / 3
+    logits.requires_grad_(True)
+    loss = partial_label_loss(logits, labels, allowed, 255)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and torch.equal(logits.grad[0, :, 0, 3], torch.zeros(3))
+    # Where every pixel is labelled it is the usual cross-entropy.
+    full = torch.randint(0, 3, (2, 5, 6))
+    some = torch.randn(2, 3, 5, 6)
+    assert partial_label_loss(some, full, torch.ones(2, 3, 5, 6, dtype=torch.bool), 255).item() == pytest.approx(
+        F.cross_entropy(some, full).item(), rel=1e-6
+    )
+
+
+def test_a_run_with_partial_labels_from_boxes_reads_the_boxes_and_trains(tmp_path):
+    cfg = tiny_config(
+        tmp_path,
+        epochs=1,
+        partial_labels_from_boxes=True,
+        data={"kind": "folders", "root": str(_boxed_data(tmp_path)), "train_split": "train", "ignore_index": 255},
+    )
+    assert cfg.uses_boxes and cfg.distill is None
+    run = train(cfg, progress=False)
+    history = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert math.isfinite(history["loss"]) and history["loss"] > 0
+    with pytest.raises(ValueError, match="class_mix"):
+        tiny_config(tmp_path, epochs=1, partial_labels_from_boxes=True, class_mix=0.5)
