@@ -10,7 +10,10 @@ measured against them rather than against labels a teacher predicted: *found*, t
 boxes in which the model gives at least 10% of the box's pixels the box's class, and
 *outside*, the share of the pixels given an object class that lie outside every box of that
 class. IoU against teacher labels rewards copying the teacher, mistakes included; these two
-say whether the objects people outlined are there, and nothing is painted where none was.
+say whether the objects people outlined are there, and nothing is painted where none was. The
+outside pixels are also split by what the labels say there (background, unlabelled, an object
+class), which tells a gap in the labels (unlabelled pixels teach nothing) from a model that
+overrides them.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ def metrics_from_confusion(confusion: Tensor | np.ndarray, class_names: Sequence
 
 FOUND_SHARE = 0.10  # a box counts as found when the model gives its class to 10% of its pixels
 SMALL_BOX = 0.02  # boxes under 2% of the photo are "small" (they are what stride 16 loses)
+# What the labels say at the outside pixels, in BoxCounts.metrics()["outside_by_label"].
+OUTSIDE_LABEL_KINDS = ("background", "unlabelled", "object")
 
 
 class BoxCounts:
@@ -77,9 +82,18 @@ class BoxCounts:
         self.small_found = np.zeros(num_classes, np.int64)
         self.predicted = np.zeros(num_classes, np.int64)  # pixels given each class
         self.outside = np.zeros(num_classes, np.int64)  # of those, outside every box of the class
+        self.outside_by_label = np.zeros(len(OUTSIDE_LABEL_KINDS), np.int64)
+        self.with_labels = False
 
-    def add(self, prediction: Tensor, boxes: Tensor | Sequence[Sequence[int]]) -> None:
-        """One image: ``prediction`` is ``H x W`` class indices, ``boxes`` ``K x 5``."""
+    def add(
+        self,
+        prediction: Tensor,
+        boxes: Tensor | Sequence[Sequence[int]],
+        labels: Tensor | None = None,
+        ignore_index: int | None = None,
+    ) -> None:
+        """One image: ``prediction`` is ``H x W`` class indices, ``boxes`` ``K x 5``; with the
+        image's ``labels`` (``H x W``) the outside pixels are also counted by their label."""
         pred = torch.as_tensor(prediction).long()
         h, w = pred.shape
         inside = torch.zeros(self.num_classes, h, w, dtype=torch.bool)
@@ -102,9 +116,18 @@ class BoxCounts:
         self.predicted += counts.numpy()
         self.outside += (counts - inside_counts).numpy()
         self.predicted[0] = self.outside[0] = 0
+        if labels is not None:
+            self.with_labels = True
+            label = torch.as_tensor(labels).long()
+            outside = (pred > 0) & ~gathered
+            unlabelled = label == ignore_index if ignore_index is not None else torch.zeros_like(outside)
+            background = (label == 0) & ~unlabelled
+            kinds = (background, unlabelled, ~background & ~unlabelled)
+            self.outside_by_label += np.array([int((outside & kind).sum()) for kind in kinds])
 
     def metrics(self, class_names: Sequence[str] | None = None) -> dict:
-        """Percentages overall and per class (``None`` where a class has no box or no pixel)."""
+        """Percentages overall and per class (``None`` where a class has no box or no pixel), and
+        with labels the share of the outside pixels labelled background, unlabelled or an object."""
 
         def share(part: np.ndarray, whole: np.ndarray) -> list[float | None]:
             return [float(p / q * 100) if q else None for p, q in zip(part, whole, strict=True)]
@@ -113,7 +136,7 @@ class BoxCounts:
             return float(part.sum() / whole.sum() * 100) if whole.sum() else float("nan")
 
         names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
-        return {
+        result = {
             "found": total(self.found, self.boxes),
             "found_small": total(self.small_found, self.small_boxes),
             "outside": total(self.outside, self.predicted),
@@ -122,6 +145,12 @@ class BoxCounts:
             "per_class_found": dict(zip(names, share(self.found, self.boxes), strict=True)),
             "per_class_outside": dict(zip(names, share(self.outside, self.predicted), strict=True)),
         }
+        if self.with_labels:
+            every_outside = np.full(len(OUTSIDE_LABEL_KINDS), self.outside.sum())
+            result["outside_by_label"] = dict(
+                zip(OUTSIDE_LABEL_KINDS, share(self.outside_by_label, every_outside), strict=True)
+            )
+        return result
 
 
 def segment_logits(
@@ -177,7 +206,7 @@ def evaluate_model(
         confusion += confusion_matrix(prediction, y, num_classes, ignore_index)
         if len(batch) == 4:
             box_counts = box_counts or BoxCounts(num_classes)
-            box_counts.add(prediction[0], batch[2][0])
+            box_counts.add(prediction[0], batch[2][0], y[0], ignore_index)
     model.train(was_training)
     result = metrics_from_confusion(confusion, class_names)
     if box_counts is not None:

@@ -48,6 +48,26 @@ def test_outside_counts_a_class_painted_inside_another_class_box():
     assert m["outside"] == 100.0 and m["found"] == 0.0
 
 
+def test_outside_pixels_are_split_by_what_the_labels_say_there():
+    # One class-1 box over the left half of a 4 x 4 image; the model paints class 1 on the whole
+    # top row and the whole right column: 4 + 3 = 7 pixels, 5 of them outside the box (columns 2-3
+    # of row 0, and column 3 of rows 1-3).
+    pred = torch.zeros(4, 4, dtype=torch.long)
+    pred[0, :] = 1
+    pred[:, 3] = 1
+    labels = torch.zeros(4, 4, dtype=torch.long)
+    labels[0, 2] = 255  # unlabelled
+    labels[1, 3] = 255  # unlabelled
+    labels[2, 3] = 2  # another object's label
+    # (0, 3) and (3, 3) stay background
+    counts = BoxCounts(num_classes=3)
+    counts.add(pred, [[1, 0, 0, 2, 4]], labels, ignore_index=255)
+    m = counts.metrics()
+    assert m["outside"] == pytest.approx(5 / 7 * 100)  # only (0, 0) and (0, 1) are inside the box
+    assert m["outside_by_label"] == pytest.approx({"background": 40.0, "unlabelled": 40.0, "object": 20.0})
+    assert "outside_by_label" not in BoxCounts(num_classes=3).metrics()  # without labels: not claimed
+
+
 def test_counts_accumulate_over_images():
     counts = BoxCounts(num_classes=2)
     counts.add(torch.ones(2, 2, dtype=torch.long), [[1, 0, 0, 2, 2]])

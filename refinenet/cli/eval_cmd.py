@@ -112,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
             f"found {result['found']:.1f}% of {result['boxes']} human boxes ({result['found_small']:.1f}% of the "
             f"{result['small_boxes']} small ones); outside {result['outside']:.1f}% of object pixels"
         )
+        if "outside_by_label" in result:
+            where = ", ".join(f"{v:.0f}% {k}" for k, v in result["outside_by_label"].items() if v is not None)
+            print(f"  the outside pixels are labelled: {where}")
     if args.out:
         write_results(result, args.out)
     if args.confusion:
