@@ -803,6 +803,9 @@ def train(
             for key in ("found", "found_small", "outside"):
                 if key in result:
                     record[f"val_{key}"] = round(result[key], 2)
+            if "outside_by_label" in result:  # is a gap in the labels behind the outside pixels?
+                shares = result["outside_by_label"].items()
+                record["val_outside_by_label"] = {k: None if v is None else round(v, 1) for k, v in shares}
             # Every validated epoch keeps its weights, so the best one can be released, not just the last.
             if published is not None:
                 check_backbone_unchanged(model, published)

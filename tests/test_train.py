@@ -619,11 +619,21 @@ def test_a_run_with_partial_labels_from_boxes_reads_the_boxes_and_trains(tmp_pat
         tmp_path,
         epochs=1,
         partial_labels_from_boxes=True,
-        data={"kind": "folders", "root": str(_boxed_data(tmp_path)), "train_split": "train", "ignore_index": 255},
+        eval_every=1,
+        data={
+            "kind": "folders",
+            "root": str(_boxed_data(tmp_path)),
+            "train_split": "train",
+            "val_split": "train",
+            "ignore_index": 255,
+        },
     )
     assert cfg.uses_boxes and cfg.distill is None
     run = train(cfg, progress=False)
     history = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
     assert math.isfinite(history["loss"]) and history["loss"] > 0
+    # Validation on a split with boxes says where the outside pixels lie, by their labels.
+    assert "val_outside" in history
+    assert set(history["val_outside_by_label"]) == {"background", "unlabelled", "object"}
     with pytest.raises(ValueError, match="class_mix"):
         tiny_config(tmp_path, epochs=1, partial_labels_from_boxes=True, class_mix=0.5)
