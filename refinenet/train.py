@@ -747,14 +747,15 @@ def train(
                 group["lr"] = poly_lr(group["base_lr"], step, total_steps, cfg.poly_power, cfg.warmup_steps)
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
-            distill, allowed = None, None
+            distill, label_sets = None, None
             if cfg.uses_boxes:
                 size = tuple(y.shape[-2:])
                 allowed = allowed_classes(batch[2], batch[3], model_config.num_classes, size).to(device)
-            if distiller is not None:
-                out_size = (y.shape[-2] // 4, y.shape[-1] // 4)
-                distill = (distiller, *distiller.targets(x, allowed, out_size, y))
-            label_sets = allowed if cfg.partial_labels_from_boxes else None
+                if distiller is not None:
+                    out_size = (y.shape[-2] // 4, y.shape[-1] // 4)
+                    distill = (distiller, *distiller.targets(x, allowed, out_size, y))
+                if cfg.partial_labels_from_boxes:
+                    label_sets = allowed
             loss = train_step(
                 net, optimizer, x, y, ignore_index, cfg.grad_clip, scaler, autocast_dtype, distill, label_sets
             )
