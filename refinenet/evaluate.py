@@ -146,10 +146,11 @@ class BoxCounts:
             "per_class_outside": dict(zip(names, share(self.outside, self.predicted), strict=True)),
         }
         if self.with_labels:
-            every_outside = np.full(len(OUTSIDE_LABEL_KINDS), self.outside.sum())
-            result["outside_by_label"] = dict(
-                zip(OUTSIDE_LABEL_KINDS, share(self.outside_by_label, every_outside), strict=True)
-            )
+            outside = self.outside.sum()
+            result["outside_by_label"] = {
+                kind: float(n / outside * 100) if outside else None
+                for kind, n in zip(OUTSIDE_LABEL_KINDS, self.outside_by_label, strict=True)
+            }
         return result
 
 

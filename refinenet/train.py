@@ -90,7 +90,7 @@ class TrainConfig:
     # labels leave unlabelled (ignore_index) is trained towards the set of classes the boxes allow
     # there, -log of the probability on that set, instead of being skipped. The box-constrained VOC
     # labels leave unlabelled exactly the pixels where their teacher saw a class the boxes rule out;
-    # skipped, they are where the student keeps the teacher's mistake: 54% of the pixels the
+    # skipped, they are where the student keeps the teacher's mistake: 55% of the pixels the
     # released model gives an object class outside the boxes of that class lie on them (README).
     partial_labels_from_boxes: bool = False
     # A model folder (an earlier run's model-e<N>) whose weights start this run, every tensor
