@@ -383,6 +383,26 @@ def allowed_classes(
     return allowed
 
 
+def small_box_weights(boxes: Tensor, labels: Tensor, max_pixels: int, weight: float) -> Tensor:
+    """``B x H x W`` loss weights: ``weight`` on the pixels labelled with the class of a small box
+    they lie in, 1 elsewhere.
+
+    A box is small when it covers fewer than ``max_pixels`` of the crop's pixels (its whole area,
+    also the part the crop cut off, so a large object at the crop's edge is not small). Such
+    objects are a few hundred pixels of a batch of hundreds of thousands: their share of the loss
+    is too small for the student to learn them as well as the labels show them, and they are the
+    human boxes it misses most (*found*, :mod:`refinenet.evaluate`). ``boxes`` is ``B x K x 5`` as
+    :func:`collate_with_boxes` makes it, in the labels' pixel coordinates.
+    """
+    weights = torch.ones(labels.shape, dtype=torch.float32)
+    for i in range(boxes.shape[0]):
+        for c, x0, y0, x1, y1 in boxes[i].round().long().tolist():
+            if c > 0 and 0 < (x1 - x0) * (y1 - y0) < max_pixels:
+                inside = weights[i, max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)]
+                inside[labels[i, max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] == c] = weight
+    return weights
+
+
 def set_epoch(dataset: Dataset, epoch: int) -> None:
     """Advance the augmentation seed of every folder inside ``dataset``."""
     parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from refinenet.data import CropGeometry, TrainTransform, allowed_classes, collate_with_boxes
+from refinenet.data import CropGeometry, TrainTransform, allowed_classes, collate_with_boxes, small_box_weights
 from refinenet.evaluate import BoxCounts
 
 
@@ -126,3 +126,17 @@ def test_allowed_classes_follow_boxes_and_leave_padding_out():
     expected[0:4, 0:4] = True  # the box (1, 1)-(3, 3) grown by the margin of 1
     assert torch.equal(allowed[0, 2], expected)
     assert not allowed[0, 1].any() and not allowed[1, 1:].any() and allowed[1, 0].all()
+
+
+def test_small_box_weights_weigh_the_small_boxes_own_class_pixels_only():
+    labels = torch.zeros(1, 10, 10, dtype=torch.long)
+    labels[0, 1:3, 1:3] = 1  # a 2 x 2 object in its 3 x 3 box (1, 1)-(4, 4): small at 10 pixels
+    labels[0, 2, 3] = 2  # another class inside the small box: not weighed
+    labels[0, 5:10, 0:10] = 2  # a 10 x 5 object whose box (0, 5)-(10, 12) reaches past the crop
+    boxes = torch.tensor([[[1.0, 1, 1, 4, 4], [2.0, 0, 5, 10, 12], [0.0, 0, 0, 0, 0]]])  # last: padding
+    weights = small_box_weights(boxes, labels, max_pixels=10, weight=3.0)
+    expected = torch.ones(1, 10, 10)
+    expected[0, 1:3, 1:3] = 3.0  # only box 1 is small (9 pixels); box 2 counts its 70 whole
+    assert torch.equal(weights, expected)
+    # At a threshold of 9 pixels no box is small.
+    assert torch.equal(small_box_weights(boxes, labels, max_pixels=9, weight=3.0), torch.ones(1, 10, 10))

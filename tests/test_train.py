@@ -614,6 +614,48 @@ def test_partial_label_loss_on_unlabelled_pixels_counts_the_mass_on_the_classes_
     )
 
 
+def test_weighted_label_loss_is_the_weighted_mean_of_the_pixels_cross_entropy():
+    from refinenet.train import partial_label_loss
+
+    # Softmax (1/2, 1/4, 1/4) everywhere; labels 0, 1, unlabelled; the class-1 pixel weighs 3.
+    logits = torch.log(torch.tensor([0.5, 0.25, 0.25])).view(1, 3, 1, 1).expand(1, 3, 1, 3).clone()
+    labels = torch.tensor([[[0, 1, 255]]])
+    weights = torch.tensor([[[1.0, 3.0, 5.0]]])
+    # Without boxes the unlabelled pixel is skipped, its weight too: (1 log 2 + 3 log 4) / 4.
+    expected = (math.log(2) + 3 * math.log(4)) / 4
+    assert partial_label_loss(logits, labels, None, 255, weights).item() == pytest.approx(expected, rel=1e-6)
+    # With boxes allowing background there it counts: (log 2 + 3 log 4 + 5 log 2) / 9.
+    allowed = torch.zeros(1, 3, 1, 3, dtype=torch.bool)
+    allowed[0, 0] = True
+    expected = (math.log(2) + 3 * math.log(4) + 5 * math.log(2)) / 9
+    assert partial_label_loss(logits, labels, allowed, 255, weights).item() == pytest.approx(expected, rel=1e-6)
+    # Unweighted and without boxes it is the usual cross-entropy.
+    some, full = torch.randn(2, 3, 5, 6), torch.randint(0, 3, (2, 5, 6))
+    full[0, 0] = 255
+    assert partial_label_loss(some, full, None, 255).item() == pytest.approx(
+        F.cross_entropy(some, full, ignore_index=255).item(), rel=1e-6
+    )
+
+
+def test_a_run_with_small_box_weights_reads_the_boxes_and_trains(tmp_path):
+    data = {
+        "kind": "folders",
+        "root": str(_boxed_data(tmp_path)),
+        "train_split": "train",
+        "val_split": "train",
+        "ignore_index": 255,
+    }
+    cfg = tiny_config(tmp_path, epochs=1, small_box_weight=4.0, small_box_pixels=10_000, data=data)
+    assert cfg.uses_boxes and not cfg.partial_labels_from_boxes
+    run = train(cfg, progress=False)
+    history = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert math.isfinite(history["loss"]) and history["loss"] > 0
+    with pytest.raises(ValueError, match="positive"):
+        tiny_config(tmp_path, epochs=1, small_box_weight=0.0)
+    with pytest.raises(ValueError, match="class_mix"):
+        tiny_config(tmp_path, epochs=1, small_box_weight=2.0, class_mix=0.5)
+
+
 def test_a_run_with_partial_labels_from_boxes_reads_the_boxes_and_trains(tmp_path):
     cfg = tiny_config(
         tmp_path,
