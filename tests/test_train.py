@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -637,19 +638,27 @@ def test_weighted_label_loss_is_the_weighted_mean_of_the_pixels_cross_entropy():
     )
 
 
-def test_a_run_with_small_box_weights_reads_the_boxes_and_trains(tmp_path):
-    data = {
-        "kind": "folders",
-        "root": str(_boxed_data(tmp_path)),
-        "train_split": "train",
-        "val_split": "train",
-        "ignore_index": 255,
-    }
-    cfg = tiny_config(tmp_path, epochs=1, small_box_weight=4.0, small_box_pixels=10_000, data=data)
-    assert cfg.uses_boxes and not cfg.partial_labels_from_boxes
-    run = train(cfg, progress=False)
-    history = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
-    assert math.isfinite(history["loss"]) and history["loss"] > 0
+def _boxed_config(tmp_path, **options) -> TrainConfig:
+    """A tiny one-epoch run on generated photos with human boxes (train and val the same split)."""
+    root = _boxed_data(tmp_path)
+    data = {"kind": "folders", "root": str(root), "train_split": "train", "val_split": "train", "ignore_index": 255}
+    return tiny_config(tmp_path, epochs=1, data=data, **options)
+
+
+def test_small_box_weights_change_the_training_loss_and_are_checked(tmp_path):
+    # Two runs alike in everything (same boxes, crops and partial labels) but the weight of the
+    # small boxes' pixels, with every box counted as small: the weighted run's loss differs. The
+    # generated labels are class 1 on the right half of each 48 x 40 photo: a class-1 box there.
+    losses = []
+    for weight in (1.0, 4.0):
+        cfg = _boxed_config(tmp_path / str(weight), partial_labels_from_boxes=True, small_box_weight=weight)
+        boxes = {str(i): [[1, 24, 0, 48, 40]] for i in range(4)}
+        (Path(cfg.data["root"]) / "train" / "boxes.json").write_text(json.dumps(boxes))
+        cfg.small_box_pixels = 10**9
+        run = train(cfg, progress=False)
+        losses.append(json.loads((run / "log.jsonl").read_text().splitlines()[-1])["loss"])
+    assert all(math.isfinite(v) and v > 0 for v in losses) and losses[0] != pytest.approx(losses[1], rel=1e-3)
+    assert _boxed_config(tmp_path, small_box_weight=2.0).uses_boxes
     with pytest.raises(ValueError, match="positive"):
         tiny_config(tmp_path, epochs=1, small_box_weight=0.0)
     with pytest.raises(ValueError, match="class_mix"):
@@ -657,19 +666,7 @@ def test_a_run_with_small_box_weights_reads_the_boxes_and_trains(tmp_path):
 
 
 def test_a_run_with_partial_labels_from_boxes_reads_the_boxes_and_trains(tmp_path):
-    cfg = tiny_config(
-        tmp_path,
-        epochs=1,
-        partial_labels_from_boxes=True,
-        eval_every=1,
-        data={
-            "kind": "folders",
-            "root": str(_boxed_data(tmp_path)),
-            "train_split": "train",
-            "val_split": "train",
-            "ignore_index": 255,
-        },
-    )
+    cfg = _boxed_config(tmp_path, partial_labels_from_boxes=True, eval_every=1)
     assert cfg.uses_boxes and cfg.distill is None
     run = train(cfg, progress=False)
     history = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
