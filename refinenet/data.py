@@ -398,8 +398,8 @@ def small_box_weights(boxes: Tensor, labels: Tensor, max_pixels: int, weight: fl
     for i in range(boxes.shape[0]):
         for c, x0, y0, x1, y1 in boxes[i].round().long().tolist():
             if c > 0 and 0 < (x1 - x0) * (y1 - y0) < max_pixels:
-                inside = weights[i, max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)]
-                inside[labels[i, max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] == c] = weight
+                rows, cols = slice(max(0, y0), max(0, y1)), slice(max(0, x0), max(0, x1))
+                weights[i, rows, cols][labels[i, rows, cols] == c] = weight
     return weights
 
 
