@@ -11,7 +11,8 @@ flips, write ``refinenet/weights/<id>/`` with
 ``save_pretrained`` (fp16 tensors when fp32 would exceed 20 MB, or always with ``--fp16``; a
 model with a frozen backbone stores its decoder alone) and a model card holding the
 per-class table, the exact commands and the data citation, keep the eval JSON and confusion
-plot beside the weights, and print the sha256 to put in ``refinenet/zoo.py``.
+plot beside the weights with copies of the training logs the card cites (``training-logs/``: run
+folders stay out of git), and print the sha256 to put in ``refinenet/zoo.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+WEIGHTS_ROOT = ROOT / "refinenet" / "weights"
+KEPT_LOGS = "training-logs"  # a release folder's copies of the logs of the runs its card cites
 
 from refinenet.cli import main as refinenet_cli  # noqa: E402
 from refinenet.data import CAMVID_ROOT, VOC_PSEUDO_ROOT  # noqa: E402
@@ -155,15 +158,9 @@ def comparison_table(configs: list[Path], epoch: int) -> str:
     ]
     for path in configs:
         cfg = TrainConfig.load(path)
-        records = {}
-        log = cfg.run_dir / "log.jsonl"
-        for line in log.read_text().splitlines() if log.exists() else []:
-            if line.strip():
-                record = json.loads(line)
-                records[record["epoch"]] = record
-        r = records.get(epoch)
+        r = {record["epoch"]: record for record in run_epochs(cfg.run_dir)}.get(epoch)
         if r is None or "val_mIoU" not in r:
-            raise SystemExit(f"error: {log} has no validated epoch {epoch}; train it first")
+            raise SystemExit(f"error: {run_log(cfg.run_dir)} has no validated epoch {epoch}; train it first")
         encoder = "ImageNet (torchvision)" if cfg.backbone_weights == "IMAGENET1K_V1" else "teacher's (DeepLab)"
         distill = f"KL, weight {cfg.distill.get('weight', 1.0)}" if cfg.distill else "none"
         lines.append(
@@ -174,10 +171,38 @@ def comparison_table(configs: list[Path], epoch: int) -> str:
     return "\n".join(lines)
 
 
+def run_log(run: Path) -> Path:
+    """Where the per-epoch records of the run in folder ``run`` are: its own ``log.jsonl`` while
+    the folder exists, else the copy a release kept (``refinenet/weights/<id>/training-logs/<run name>.jsonl``).
+    Run folders stay out of git, so a later release that chains from a run or compares with it
+    may find the folder gone; the copy keeps its card reproducible."""
+    own = run / "log.jsonl"
+    if own.exists():
+        return own
+    kept = sorted(WEIGHTS_ROOT.glob(f"*/{KEPT_LOGS}/{run.name}.jsonl"))
+    return kept[0] if kept else own
+
+
+def keep_logs(out: Path, configs: list[Path]) -> list[Path]:
+    """Copy the logs of the runs of ``configs`` into ``out/training-logs/`` (see :func:`run_log`);
+    returns the copies. A run with no log anywhere is skipped: its card section says so."""
+    folder = out / KEPT_LOGS
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for config in configs:
+        run = TrainConfig.load(config).run_dir
+        log, copy = run_log(run), folder / f"{run.name}.jsonl"
+        if log.exists():
+            if log.resolve() != copy.resolve():
+                shutil.copyfile(log, copy)
+            copies.append(copy)
+    return copies
+
+
 def run_epochs(run: Path) -> list[dict]:
-    """The run's per-epoch records (``log.jsonl``), in order; a resumed run may log an epoch
+    """The run's per-epoch records (:func:`run_log`), in order; a resumed run may log an epoch
     twice, and the last record of it counts."""
-    log = run / "log.jsonl"
+    log = run_log(run)
     last = {}
     for line in log.read_text().splitlines() if log.exists() else []:
         if line.strip():
@@ -218,17 +243,34 @@ def reproduce_commands(config: Path, epochs: list[dict], until: int | None) -> l
     by the commands that train that run to epoch N; its config is ``<name>.yaml`` beside this one."""
     cfg = TrainConfig.load(config)
     before: list[str] = []
-    if cfg.init_from:
-        start = Path(cfg.init_from)
-        epoch = start.name.removeprefix("model-e")
-        parent = config.parent / f"{start.parent.name}.yaml"
-        if not epoch.isdigit() or not parent.is_file():
-            raise SystemExit(
-                f"error: init_from {cfg.init_from} is not the model-e<N> of a run configured beside {config}"
-            )
-        parent_cfg = TrainConfig.load(parent)
-        before = reproduce_commands(parent, run_epochs(parent_cfg.run_dir), int(epoch))
+    start = starting_point(config)
+    if start is not None:
+        parent, epoch = start
+        before = reproduce_commands(parent, run_epochs(TrainConfig.load(parent).run_dir), epoch)
     return before + train_commands(config, cfg.epochs, epochs, until)
+
+
+def starting_point(config: Path) -> tuple[Path, int] | None:
+    """The config and epoch of the run that ``config`` starts from (``init_from:
+    <output_dir>/<name>/model-e<N>``, the config being ``<name>.yaml`` beside this one), or
+    ``None`` for a run that starts from an encoder alone."""
+    init_from = TrainConfig.load(config).init_from
+    if not init_from:
+        return None
+    start = Path(init_from)
+    epoch = start.name.removeprefix("model-e")
+    parent = config.parent / f"{start.parent.name}.yaml"
+    if not epoch.isdigit() or not parent.is_file():
+        raise SystemExit(f"error: init_from {init_from} is not the model-e<N> of a run configured beside {config}")
+    return parent, int(epoch)
+
+
+def chain(config: Path) -> list[Path]:
+    """``config`` and the configs of the runs it starts from, back to the first (:func:`starting_point`)."""
+    configs = [config]
+    while (start := starting_point(configs[-1])) is not None:
+        configs.append(start[0])
+    return configs
 
 
 def training_summary(epochs: list[dict], released: str) -> str:
@@ -272,7 +314,7 @@ def main() -> int:
     parser.add_argument(
         "--data", type=Path, default=None, help="dataset root (default: the dataset's folder in ../shared)"
     )
-    parser.add_argument("--out-root", type=Path, default=ROOT / "refinenet" / "weights")
+    parser.add_argument("--out-root", type=Path, default=WEIGHTS_ROOT)
     parser.add_argument(
         "--trainonly-log",
         type=Path,
@@ -421,6 +463,14 @@ def main() -> int:
     ]
     if train_config.init_from:
         training += ["", f"The run started from the weights of `{train_config.init_from}` (the commands above)."]
+    kept = keep_logs(out, [*chain(args.config), *args.comparison])
+    if kept:
+        training += [
+            "",
+            f"`{KEPT_LOGS}/` beside the weights holds the per-epoch records (`log.jsonl`) of "
+            + ", ".join(f"`{copy.stem}`" for copy in kept)
+            + ", the runs this card cites.",
+        ]
     if args.notes:
         training += ["", args.notes]
     if args.notes_file:

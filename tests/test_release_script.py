@@ -163,3 +163,48 @@ def test_a_fine_tune_is_reproduced_by_training_its_starting_point_first(release,
     tune.write_text(f"base: main.yaml\nname: tune\ninit_from: {runs}/elsewhere/model-e3\n")
     with pytest.raises(SystemExit, match="init_from"):
         release.reproduce_commands(tune, [], None)
+
+
+def test_a_lost_run_folder_is_read_from_the_log_a_release_kept(release, tmp_path, monkeypatch):
+    """Run folders stay out of git: when a chained run's folder is gone, the reproduce commands and
+    the comparison come from the copy of its log a release kept, and a new release keeps copies of
+    every log its card cites (the chain and the comparison runs)."""
+    weights = tmp_path / "weights"
+    monkeypatch.setattr(release, "WEIGHTS_ROOT", weights)
+    runs = tmp_path / "runs"
+    (tmp_path / "main.yaml").write_text(
+        f"name: main\nmodel: {{num_classes: 2}}\ndata: {{}}\nepochs: 16\noutput_dir: {runs}\n"
+    )
+    tune = tmp_path / "tune.yaml"
+    tune.write_text(f"base: main.yaml\nname: tune\ninit_from: {runs}/main/model-e10\n")
+    other = tmp_path / "other.yaml"
+    other.write_text("base: main.yaml\nname: other\n")
+    assert release.chain(tune) == [tune, tmp_path / "main.yaml"]
+    assert release.chain(other) == [other]
+
+    # "main" was trained one epoch on 16, then on a 10-epoch schedule; its folder is gone and
+    # only an earlier release's copy of its log is left. "tune" has its own folder.
+    kept = weights / "old-release" / "training-logs"
+    kept.mkdir(parents=True)
+    records = [{"epoch": 1, "schedule_epochs": 16}, *({"epoch": e, "schedule_epochs": 10} for e in range(2, 11))]
+    (kept / "main.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (runs / "tune").mkdir(parents=True)
+    (runs / "tune" / "log.jsonl").write_text(json.dumps({"epoch": 1, "val_mIoU": 50.0}) + "\n")
+    assert release.run_log(runs / "main") == kept / "main.jsonl"
+    assert release.run_log(runs / "tune") == runs / "tune" / "log.jsonl"
+    main = (tmp_path / "main.yaml").as_posix()
+    assert release.reproduce_commands(tune, release.run_epochs(runs / "tune"), None) == [
+        f"refinenet train {main} --until-epoch 1",
+        f"refinenet train {main} --epochs 10",
+        f"refinenet train {tune.as_posix()}",
+    ]
+
+    out = weights / "new-release"
+    copies = release.keep_logs(out, [*release.chain(tune), other])
+    # "other" has no log anywhere: nothing to copy, and the card does not claim one.
+    assert copies == [out / "training-logs" / "tune.jsonl", out / "training-logs" / "main.jsonl"]
+    assert (out / "training-logs" / "main.jsonl").read_text() == (kept / "main.jsonl").read_text()
+    assert (out / "training-logs" / "tune.jsonl").read_text() == (runs / "tune" / "log.jsonl").read_text()
+    # Releasing into the folder that holds the kept copy leaves the copy as it was.
+    assert release.keep_logs(weights / "old-release", [tmp_path / "main.yaml"]) == [kept / "main.jsonl"]
+    assert len((kept / "main.jsonl").read_text().splitlines()) == 10
