@@ -12,7 +12,8 @@ flips, write ``refinenet/weights/<id>/`` with
 model with a frozen backbone stores its decoder alone) and a model card holding the
 per-class table, the exact commands and the data citation, keep the eval JSON and confusion
 plot beside the weights with copies of the training logs the card cites (``training-logs/``: run
-folders stay out of git), and print the sha256 to put in ``refinenet/zoo.py``.
+folders stay out of git) and of the other models' eval JSON in its table (``references/``), and
+print the sha256 to put in ``refinenet/zoo.py``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 WEIGHTS_ROOT = ROOT / "refinenet" / "weights"
 KEPT_LOGS = "training-logs"  # a release folder's copies of the logs of the runs its card cites
+KEPT_REFERENCES = "references"  # its copies of the eval JSON of the other models in its table
 
 from refinenet.cli import main as refinenet_cli  # noqa: E402
 from refinenet.data import CAMVID_ROOT, VOC_PSEUDO_ROOT  # noqa: E402
@@ -196,6 +198,21 @@ def keep_logs(out: Path, configs: list[Path]) -> list[Path]:
             if log.resolve() != copy.resolve():
                 shutil.copyfile(log, copy)
             copies.append(copy)
+    return copies
+
+
+def keep_references(out: Path, references: list[tuple[str, dict]]) -> list[Path]:
+    """Write each reference's eval JSON to ``out/references/<label>.json``, replacing the copies
+    of an earlier release: the next release can cite them without evaluating the teacher and the
+    old releases again, whose run folders and worktrees are gone by then."""
+    folder = out / KEPT_REFERENCES
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    copies = []
+    for label, result in references:
+        slug = "-".join("".join(c if c.isalnum() else " " for c in label.lower()).split())
+        copies.append(folder / f"{slug}.json")
+        write_results(result, copies[-1])
     return copies
 
 
@@ -470,6 +487,13 @@ def main() -> int:
             f"`{KEPT_LOGS}/` beside the weights holds the per-epoch records (`log.jsonl`) of "
             + ", ".join(f"`{copy.stem}`" for copy in kept)
             + ", the runs this card cites.",
+        ]
+    if references:
+        keep_references(out, references)
+        training += [
+            "",
+            f"`{KEPT_REFERENCES}/` beside the weights holds the eval JSON of each other model in the results "
+            "table, named after its row.",
         ]
     if args.notes:
         training += ["", args.notes]

@@ -208,3 +208,19 @@ def test_a_lost_run_folder_is_read_from_the_log_a_release_kept(release, tmp_path
     # Releasing into the folder that holds the kept copy leaves the copy as it was.
     assert release.keep_logs(weights / "old-release", [tmp_path / "main.yaml"]) == [kept / "main.jsonl"]
     assert len((kept / "main.jsonl").read_text().splitlines()) == 10
+
+
+def test_a_release_keeps_the_eval_json_of_the_models_beside_it(release, tmp_path):
+    """The reference rows of a card are kept as files named after their rows; a later release
+    replaces them (the previous release's row moves down), and can be fed its own kept copies."""
+    out = tmp_path / "release"
+    teacher = {"mIoU": 89.7, "found": 72.7, "command": "python scripts/eval_teacher.py --split val"}
+    old = {"mIoU": 66.2, "found": 60.9, "command": "refinenet eval --model old"}
+    copies = release.keep_references(out, [("teacher", teacher), ("previous release (os16 epoch 3)", old)])
+    assert copies == [out / "references" / "teacher.json", out / "references" / "previous-release-os16-epoch-3.json"]
+    assert json.loads(copies[1].read_text()) == old
+
+    kept = json.loads(copies[0].read_text())
+    release.keep_references(out, [("teacher", kept), ("release before", old)])
+    assert sorted(p.name for p in (out / "references").iterdir()) == ["release-before.json", "teacher.json"]
+    assert json.loads((out / "references" / "teacher.json").read_text()) == teacher
