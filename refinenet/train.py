@@ -430,14 +430,14 @@ def autocast_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
     return None
 
 
-def partial_label_loss(
+def label_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
     allowed: torch.Tensor | None,
     ignore_index: int,
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy with a set of classes as the target where a pixel has no label.
+    """Cross-entropy on the labels, with a set of classes as the target where a pixel has no label.
 
     ``logits`` are ``B x C x H x W`` at the labels' size, ``allowed`` the ``B x C x H x W``
     booleans of :func:`refinenet.data.allowed_classes`. A labelled pixel's target is its label
@@ -448,6 +448,8 @@ def partial_label_loss(
     cross-entropy). ``weights`` (``B x H x W``, :func:`refinenet.data.small_box_weights`) make it a
     weighted mean.
     """
+    if allowed is None and weights is None:
+        return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
     labelled = labels != ignore_index
     if allowed is None:
         allowed = torch.zeros_like(logits, dtype=torch.bool)
@@ -482,7 +484,7 @@ def train_step(
     """One optimisation step; the loss is computed on logits upsampled to the label size.
 
     With ``allowed`` (the classes the human boxes allow at each label pixel) the unlabelled pixels
-    count too, through :func:`partial_label_loss`; ``weights`` weigh the pixels of its mean.
+    count too, through :func:`label_loss`; ``weights`` weigh the pixels of its mean.
 
     ``distill`` is ``(distiller, teacher targets, mask of the pixels to distil on)`` for the batch, both at the
     model's output resolution (1/4): the KL term is added to the cross-entropy there, where the
@@ -492,10 +494,7 @@ def train_step(
     with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         raw = model(x)
         logits = F.interpolate(raw, size=y.shape[-2:], mode="bilinear", align_corners=False)
-        if allowed is None and weights is None:
-            loss = F.cross_entropy(logits.float(), y, ignore_index=ignore_index)
-        else:
-            loss = partial_label_loss(logits, y, allowed, ignore_index, weights)
+        loss = label_loss(logits, y, allowed, ignore_index, weights)
         if distill is not None:
             distiller, targets, mask = distill
             loss = loss + distiller.loss(raw, targets, mask)

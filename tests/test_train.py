@@ -589,8 +589,8 @@ def test_training_with_a_frozen_backbone_keeps_it_as_published_and_exports_the_d
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
-def test_partial_label_loss_on_unlabelled_pixels_counts_the_mass_on_the_classes_the_boxes_allow():
-    from refinenet.train import partial_label_loss
+def test_label_loss_on_unlabelled_pixels_counts_the_mass_on_the_classes_the_boxes_allow():
+    from refinenet.train import label_loss
 
     # Four pixels, three classes; logits chosen so the softmax is exactly (1/2, 1/4, 1/4).
     logits = torch.log(torch.tensor([0.5, 0.25, 0.25])).view(1, 3, 1, 1).expand(1, 3, 1, 4).clone()
@@ -603,20 +603,20 @@ def test_partial_label_loss_on_unlabelled_pixels_counts_the_mass_on_the_classes_
     # -log 1/2 (label), -log 1/2 (background), -log 3/4 (background + class 1), averaged over 3.
     expected = (math.log(2) + math.log(2) + math.log(4 / 3)) / 3
     logits.requires_grad_(True)
-    loss = partial_label_loss(logits, labels, allowed, 255)
+    loss = label_loss(logits, labels, allowed, 255)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     loss.backward()
     assert torch.isfinite(logits.grad).all() and torch.equal(logits.grad[0, :, 0, 3], torch.zeros(3))
     # Where every pixel is labelled it is the usual cross-entropy.
     full = torch.randint(0, 3, (2, 5, 6))
     some = torch.randn(2, 3, 5, 6)
-    assert partial_label_loss(some, full, torch.ones(2, 3, 5, 6, dtype=torch.bool), 255).item() == pytest.approx(
+    assert label_loss(some, full, torch.ones(2, 3, 5, 6, dtype=torch.bool), 255).item() == pytest.approx(
         F.cross_entropy(some, full).item(), rel=1e-6
     )
 
 
 def test_weighted_label_loss_is_the_weighted_mean_of_the_pixels_cross_entropy():
-    from refinenet.train import partial_label_loss
+    from refinenet.train import label_loss
 
     # Softmax (1/2, 1/4, 1/4) everywhere; labels 0, 1, unlabelled; the class-1 pixel weighs 3.
     logits = torch.log(torch.tensor([0.5, 0.25, 0.25])).view(1, 3, 1, 1).expand(1, 3, 1, 3).clone()
@@ -624,18 +624,19 @@ def test_weighted_label_loss_is_the_weighted_mean_of_the_pixels_cross_entropy():
     weights = torch.tensor([[[1.0, 3.0, 5.0]]])
     # Without boxes the unlabelled pixel is skipped, its weight too: (1 log 2 + 3 log 4) / 4.
     expected = (math.log(2) + 3 * math.log(4)) / 4
-    assert partial_label_loss(logits, labels, None, 255, weights).item() == pytest.approx(expected, rel=1e-6)
+    assert label_loss(logits, labels, None, 255, weights).item() == pytest.approx(expected, rel=1e-6)
     # With boxes allowing background there it counts: (log 2 + 3 log 4 + 5 log 2) / 9.
     allowed = torch.zeros(1, 3, 1, 3, dtype=torch.bool)
     allowed[0, 0] = True
     expected = (math.log(2) + 3 * math.log(4) + 5 * math.log(2)) / 9
-    assert partial_label_loss(logits, labels, allowed, 255, weights).item() == pytest.approx(expected, rel=1e-6)
+    assert label_loss(logits, labels, allowed, 255, weights).item() == pytest.approx(expected, rel=1e-6)
     # Unweighted and without boxes it is the usual cross-entropy.
     some, full = torch.randn(2, 3, 5, 6), torch.randint(0, 3, (2, 5, 6))
     full[0, 0] = 255
-    assert partial_label_loss(some, full, None, 255).item() == pytest.approx(
-        F.cross_entropy(some, full, ignore_index=255).item(), rel=1e-6
-    )
+    for weights in (None, torch.ones(2, 5, 6)):
+        assert label_loss(some, full, None, 255, weights).item() == pytest.approx(
+            F.cross_entropy(some, full, ignore_index=255).item(), rel=1e-6
+        )
 
 
 def _boxed_config(tmp_path, **options) -> TrainConfig:
