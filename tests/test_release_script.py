@@ -48,7 +48,7 @@ def test_per_class_table_adds_found_and_outside_only_where_there_are_boxes(relea
 def test_reference_table_quotes_each_results_command(release):
     teacher = _result(89.7, found=72.7) | {"command": "python scripts/eval_teacher.py --out t.json"}
     rows = release.reference_table([("teacher", teacher), ("old", _result(66.2, found=60.9))]).splitlines()
-    assert rows[2] == "| teacher | 89.70 | 72.7% | 36.4% | 12.5% | `python scripts/eval_teacher.py --out t.json` |"
+    assert rows[2] == "| teacher | 89.70 | 72.70% | 36.35% | 12.50% | `python scripts/eval_teacher.py --out t.json` |"
     assert rows[3].endswith("| not recorded |")
 
 
