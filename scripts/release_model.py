@@ -196,7 +196,7 @@ def keep_logs(out: Path, configs: list[Path]) -> list[Path]:
     for config in configs:
         run = TrainConfig.load(config).run_dir
         log, copy = run_log(run), folder / f"{run.name}.jsonl"
-        if log.exists():
+        if log.exists() and copy not in copies:  # a run both in the chain and in the comparison
             if log.resolve() != copy.resolve():
                 shutil.copyfile(log, copy)
             copies.append(copy)

@@ -200,7 +200,7 @@ def test_a_lost_run_folder_is_read_from_the_log_a_release_kept(release, tmp_path
     ]
 
     out = weights / "new-release"
-    copies = release.keep_logs(out, [*release.chain(tune), other])
+    copies = release.keep_logs(out, [*release.chain(tune), other, tmp_path / "main.yaml"])
     # "other" has no log anywhere: nothing to copy, and the card does not claim one.
     assert copies == [out / "training-logs" / "tune.jsonl", out / "training-logs" / "main.jsonl"]
     assert (out / "training-logs" / "main.jsonl").read_text() == (kept / "main.jsonl").read_text()
