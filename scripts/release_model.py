@@ -205,11 +205,13 @@ def keep_logs(out: Path, configs: list[Path]) -> list[Path]:
 
 def keep_references(out: Path, references: list[tuple[str, dict]]) -> list[Path]:
     """Write each reference's eval JSON to ``out/references/<label>.json``, replacing the copies
-    of an earlier release: the next release can cite them without evaluating the teacher and the
-    old releases again, whose run folders and worktrees are gone by then."""
+    of an earlier release (none are left when there are no references): the next release can cite
+    them without evaluating the teacher and the old releases again, whose run folders and
+    worktrees are gone by then."""
     folder = out / KEPT_REFERENCES
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    if references:
+        folder.mkdir(parents=True)
     copies = []
     for label, result in references:
         slug = "-".join("".join(c if c.isalnum() else " " for c in label.lower()).split())
@@ -490,8 +492,7 @@ def main() -> int:
             + ", ".join(f"`{copy.stem}`" for copy in kept)
             + ", the runs this card cites.",
         ]
-    if references:
-        keep_references(out, references)
+    if keep_references(out, references):
         training += [
             "",
             f"`{KEPT_REFERENCES}/` beside the weights holds the eval JSON of each other model in the results "

@@ -224,3 +224,5 @@ def test_a_release_keeps_the_eval_json_of_the_models_beside_it(release, tmp_path
     release.keep_references(out, [("teacher", kept), ("release before", old)])
     assert sorted(p.name for p in (out / "references").iterdir()) == ["release-before.json", "teacher.json"]
     assert json.loads((out / "references" / "teacher.json").read_text()) == teacher
+    # A release without references leaves no earlier release's copies behind to mislead.
+    assert release.keep_references(out, []) == [] and not (out / "references").exists()
