@@ -101,6 +101,11 @@ class TrainConfig:
     # 1.0 leaves the loss as it is.
     small_box_weight: float = 1.0
     small_box_pixels: int = 4096
+    # The unlabelled pixels that partial labels train (above) count unlabelled_weight times in the
+    # label loss. Their target, "a class the human boxes allow here", is never wrong, and they are
+    # where most of a student's pixels outside the boxes lie; a weight above 1 pulls those down
+    # harder, so a larger small_box_weight (which pushes object classes out) keeps outside in check.
+    unlabelled_weight: float = 1.0
     # A model folder (an earlier run's model-e<N>) whose weights start this run, every tensor
     # strictly; its config must describe the same network. The run is then a fine-tune on a
     # schedule of its own (a fresh optimiser; the learning rates and warm-up say where it starts).
@@ -135,6 +140,12 @@ class TrainConfig:
             raise ValueError("class_mix and partial_labels_from_boxes do not combine: a pasted region has no boxes")
         if self.small_box_weight <= 0 or self.small_box_pixels <= 0:
             raise ValueError("small_box_weight and small_box_pixels must be positive")
+        if self.unlabelled_weight <= 0:
+            raise ValueError("unlabelled_weight must be positive")
+        if self.unlabelled_weight != 1.0 and not self.partial_labels_from_boxes:
+            raise ValueError(
+                "unlabelled_weight needs partial_labels_from_boxes (without, unlabelled pixels are skipped)"
+            )
         if self.small_box_weight != 1.0 and self.class_mix:
             raise ValueError("class_mix and small_box_weight do not combine: a pasted region has no boxes")
         if self.distill is not None:
@@ -428,6 +439,19 @@ def autocast_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None
+
+
+def pixel_weights(
+    cfg: TrainConfig, boxes: torch.Tensor, labels: torch.Tensor, ignore_index: int
+) -> torch.Tensor | None:
+    """``B x H x W`` weights of the label loss's pixels: ``cfg.small_box_weight`` on the pixels of small
+    boxes (:func:`refinenet.data.small_box_weights`), ``cfg.unlabelled_weight`` on unlabelled pixels,
+    1 elsewhere; ``None`` when both are 1, so the loss stays the plain mean."""
+    if cfg.small_box_weight == 1.0 and cfg.unlabelled_weight == 1.0:
+        return None
+    weights = small_box_weights(boxes, labels, cfg.small_box_pixels, cfg.small_box_weight)
+    weights[labels == ignore_index] = cfg.unlabelled_weight
+    return weights
 
 
 def label_loss(
@@ -780,8 +804,8 @@ def train(
                     distill = (distiller, *distiller.targets(x, allowed, out_size, y))
                 if cfg.partial_labels_from_boxes:
                     label_sets = allowed
-                if cfg.small_box_weight != 1.0:
-                    weights = small_box_weights(batch[2], batch[1], cfg.small_box_pixels, cfg.small_box_weight)
+                weights = pixel_weights(cfg, batch[2], batch[1], ignore_index)
+                if weights is not None:
                     weights = weights.to(device)
             loss = train_step(
                 net, optimizer, x, y, ignore_index, cfg.grad_clip, scaler, autocast_dtype, distill, label_sets, weights

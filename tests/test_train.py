@@ -677,3 +677,23 @@ def test_a_run_with_partial_labels_from_boxes_reads_the_boxes_and_trains(tmp_pat
     assert set(history["val_outside_by_label"]) == {"background", "unlabelled", "object"}
     with pytest.raises(ValueError, match="class_mix"):
         tiny_config(tmp_path, epochs=1, partial_labels_from_boxes=True, class_mix=0.5)
+
+
+def test_pixel_weights_weigh_small_boxes_and_unlabelled_pixels_and_are_checked(tmp_path):
+    from refinenet.train import pixel_weights
+
+    cfg = _boxed_config(tmp_path, partial_labels_from_boxes=True)
+    labels = torch.zeros(1, 6, 6, dtype=torch.long)
+    labels[0, 1:3, 1:3] = 1  # a 2 x 2 object in its small box (1, 1)-(3, 3)
+    labels[0, 4:, :] = 255  # two unlabelled rows
+    boxes = torch.tensor([[[1.0, 1, 1, 3, 3]]])
+    assert pixel_weights(cfg, boxes, labels, 255) is None  # both weights 1: the plain mean
+    cfg.small_box_weight, cfg.small_box_pixels, cfg.unlabelled_weight = 5.0, 10, 3.0
+    expected = torch.ones(1, 6, 6)
+    expected[0, 1:3, 1:3] = 5.0
+    expected[0, 4:, :] = 3.0
+    assert torch.equal(pixel_weights(cfg, boxes, labels, 255), expected)
+    with pytest.raises(ValueError, match="positive"):
+        _boxed_config(tmp_path, partial_labels_from_boxes=True, unlabelled_weight=0.0)
+    with pytest.raises(ValueError, match="partial_labels_from_boxes"):
+        _boxed_config(tmp_path, unlabelled_weight=2.0)
