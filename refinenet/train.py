@@ -110,6 +110,10 @@ class TrainConfig:
     # strictly; its config must describe the same network. The run is then a fine-tune on a
     # schedule of its own (a fresh optimiser; the learning rates and warm-up say where it starts).
     init_from: str | None = None
+    # The same for the decoder alone (every tensor outside the backbone, strictly); the encoder
+    # stays as backbone_weights gives it. With freeze_backbone, a trained decoder re-adapts to its
+    # encoder's original weights: a teacher's encoder stays exactly the teacher's.
+    init_decoder_from: str | None = None
     epochs: int = 30
     batch_size: int = 8
     crop_size: int = 320
@@ -134,6 +138,8 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.init_from and self.init_decoder_from:
+            raise ValueError("init_from and init_decoder_from do not combine: the first sets the encoder too")
         if self.backbone_bn not in ("train", "frozen"):
             raise ValueError(f"backbone_bn must be 'train' or 'frozen', not {self.backbone_bn!r}")
         if self.partial_labels_from_boxes and self.class_mix:
@@ -288,17 +294,23 @@ def load_encoder(model: RefineNet, weights: str | None) -> None:
 _FREE_FIELDS = {"description", "datasets", "license", "backbone_init", "output_stride"}
 
 
-def load_initial_weights(model: RefineNet, folder: str | Path) -> None:
-    """Start ``model`` from a model folder's weights (``init_from``), every tensor strictly. The
-    folder's config must describe the same network (architecture, classes, normalisation): a
-    fine-tune from a model that saw differently normalised inputs would start from noise. The
-    output stride may differ: the same weights, run dilated (as DeepLab's encoders were trained)."""
+def load_initial_weights(model: RefineNet, folder: str | Path, decoder_only: bool = False) -> None:
+    """Start ``model`` from a model folder's weights (``init_from``), every tensor strictly, or
+    with ``decoder_only`` (``init_decoder_from``) every tensor outside ``model.backbone``, which
+    keeps its own. The folder's config must describe the same network (architecture, classes,
+    normalisation): a fine-tune from a model that saw differently normalised inputs would start
+    from noise. The output stride may differ: the same weights, run dilated (as DeepLab's encoders
+    were trained)."""
     start = load_folder(folder)
     ours, theirs = model.config.to_dict(), start.config.to_dict()
     differ = sorted(k for k in set(ours) | set(theirs) if k not in _FREE_FIELDS and ours.get(k) != theirs.get(k))
     if differ:
         raise ValueError(f"init_from {folder}: its config differs from this run's in {', '.join(differ)}")
-    load_state_dict_strict(model, start.state_dict(), str(folder))
+    state = start.state_dict()
+    if decoder_only:
+        state = {k: v for k, v in state.items() if not k.startswith("backbone.")}
+        state.update({f"backbone.{k}": v for k, v in model.backbone.state_dict().items()})
+    load_state_dict_strict(model, state, str(folder))
 
 
 def freeze_batch_norm_statistics(module: nn.Module) -> None:
@@ -689,8 +701,8 @@ def train(
     model = build_model(model_config, torchvision_weights)
     load_encoder(model, cfg.backbone_weights)
     zero_init_residual_branches(model)
-    if cfg.init_from:
-        load_initial_weights(model, cfg.init_from)
+    if cfg.init_from or cfg.init_decoder_from:
+        load_initial_weights(model, cfg.init_from or cfg.init_decoder_from, decoder_only=bool(cfg.init_decoder_from))
     published: dict[str, torch.Tensor] | None = None
     if cfg.freeze_backbone:
         freeze_backbone(model)

@@ -272,10 +272,11 @@ def reproduce_commands(config: Path, epochs: list[dict], until: int | None) -> l
 
 
 def starting_point(config: Path) -> tuple[Path, int] | None:
-    """The config and epoch of the run that ``config`` starts from (``init_from:
-    <output_dir>/<name>/model-e<N>``, the config being ``<name>.yaml`` beside this one), or
-    ``None`` for a run that starts from an encoder alone."""
-    init_from = TrainConfig.load(config).init_from
+    """The config and epoch of the run that ``config`` starts from (``init_from`` or
+    ``init_decoder_from: <output_dir>/<name>/model-e<N>``, the config being ``<name>.yaml`` beside
+    this one), or ``None`` for a run that starts from an encoder alone."""
+    cfg = TrainConfig.load(config)
+    init_from = cfg.init_from or cfg.init_decoder_from
     if not init_from:
         return None
     start = Path(init_from)
@@ -484,6 +485,12 @@ def main() -> int:
     ]
     if train_config.init_from:
         training += ["", f"The run started from the weights of `{train_config.init_from}` (the commands above)."]
+    elif train_config.init_decoder_from:
+        training += [
+            "",
+            f"The run started from the decoder of `{train_config.init_decoder_from}` (the commands above) on the "
+            "encoder that `backbone_weights` names.",
+        ]
     kept = keep_logs(out, [*chain(args.config), *args.comparison])
     if kept:
         training += [

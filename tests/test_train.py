@@ -404,6 +404,48 @@ def test_a_run_can_start_from_an_earlier_runs_model_folder(tmp_path):
     assert all(torch.equal(v, trained[k]) for k, v in dilated.state_dict().items())
 
 
+def test_a_run_can_start_its_decoder_alone_from_a_model_folder(tmp_path):
+    """init_decoder_from: the folder's decoder on the encoder that backbone_weights gives (here a
+    file, kept frozen): a trained decoder re-fitted to its encoder's original weights."""
+    from safetensors.torch import save_file
+
+    from refinenet.folder import load_folder
+    from refinenet.train import load_initial_weights
+
+    torch.manual_seed(0)
+    first = train(tiny_config(tmp_path, 1, name="first"), progress=False)
+    trained = load_folder(first / "model").state_dict()
+    # An encoder file that differs from the trained run's encoder in every tensor.
+    encoder = {
+        k: v + 1 if v.is_floating_point() else v for k, v in load_folder(first / "model").backbone.state_dict().items()
+    }
+    save_file({k: v.contiguous() for k, v in encoder.items()}, tmp_path / "encoder.safetensors")
+    with pytest.raises(ValueError, match="do not combine"):
+        tiny_config(tmp_path, 1, init_from=str(first / "model"), init_decoder_from=str(first / "model"))
+    second = train(
+        tiny_config(
+            tmp_path,
+            1,
+            name="second",
+            backbone_weights=str(tmp_path / "encoder.safetensors"),
+            freeze_backbone=True,
+            init_decoder_from=str(first / "model"),
+            lr_decoder=0.0,
+            optimizer="sgd",
+        ),
+        progress=False,
+    )
+    after = load_folder(second / "model").state_dict()
+    assert after.keys() == trained.keys()
+    for k, v in after.items():
+        expected = encoder[k.removeprefix("backbone.")] if k.startswith("backbone.") else trained[k]
+        assert torch.equal(v, expected), k
+    # A decoder of another shape is refused by name.
+    wider = build_model(tiny_config(tmp_path, 1, model=dict(TINY_MODEL, num_classes=5)).model_config())
+    with pytest.raises(ValueError, match="num_classes"):
+        load_initial_weights(wider, first / "model", decoder_only=True)
+
+
 def test_a_distilled_run_with_a_file_encoder_and_frozen_batch_norm(tmp_path):
     """The VOC recipe's options together on generated data: the encoder comes from a
     safetensors file (strictly), the teacher from a folder, the backbone's batch-norm statistics
