@@ -79,6 +79,12 @@ class TrainConfig:
     # frozen than at a tenth of the decoder's learning rate: README).
     # A random backbone is refused: freezing it would keep noise.
     freeze_backbone: bool = False
+    # Keep the backbone up to and including the tap of RefineNet level N (1..3: MobileNetV2's blocks
+    # 0-3, 0-6, 0-13; ResNet's stem to layer1..3) exactly as backbone_weights gives it, also over
+    # init_from's weights: no gradient, batch norms in eval mode; the deeper blocks and the decoder
+    # learn. Why: on VOC, the encoder a fine-tune moved generalised worse than the teacher's own
+    # below level 4 (README); the folders store every tensor.
+    freeze_backbone_levels: int = 0
     # Knowledge distillation: {"teacher": folder of teacher.py, "weight": w}. Adds w x KL(teacher
     # || student) on every photo pixel of the crop, the teacher's probabilities restricted to the
     # classes the crop's human boxes allow (needs boxes.json in the training split). With
@@ -138,6 +144,12 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.freeze_backbone_levels <= 3:
+            raise ValueError(
+                f"freeze_backbone_levels must be 0..3 (4 is freeze_backbone), not {self.freeze_backbone_levels}"
+            )
+        if self.freeze_backbone_levels and self.freeze_backbone:
+            raise ValueError("freeze_backbone freezes every level; set freeze_backbone_levels or freeze_backbone")
         if self.init_from and self.init_decoder_from:
             raise ValueError("init_from and init_decoder_from do not combine: the first sets the encoder too")
         if self.backbone_bn not in ("train", "frozen"):
@@ -407,6 +419,37 @@ def freeze_backbone(model: RefineNet) -> None:
     norms must also keep their statistics: call :func:`freeze_batch_norm_statistics` after each
     ``train()``."""
     model.backbone.requires_grad_(False)
+
+
+def backbone_keys_through_level(model: RefineNet, level: int) -> list[str]:
+    """The backbone's state-dict keys that compute RefineNet ``level``'s taps (and the levels
+    below): every key up to the last of the level's deepest tap module. Backbones register their
+    modules in the order they run, as MobileNetV2's ``features`` and ResNet's stem and layers do."""
+    keys = list(model.backbone.state_dict())
+    tap = [f.module for f in model.backbone.feature_info if f.level == level][-1]
+    last = max(i for i, k in enumerate(keys) if k.startswith(f"{tap}."))
+    return keys[: last + 1]
+
+
+def freeze_backbone_levels(model: RefineNet, level: int, state: dict[str, torch.Tensor]) -> list[str]:
+    """Set the backbone through ``level`` (:func:`backbone_keys_through_level`) to ``state``'s
+    tensors (the encoder as ``backbone_weights`` gave it) and stop it learning; returns the batch
+    norms' module names, whose statistics must stay as loaded: call
+    :func:`freeze_batch_norm_statistics` on them after each ``train()``."""
+    keys = backbone_keys_through_level(model, level)
+    with torch.no_grad():
+        own = model.backbone.state_dict()
+        for k in keys:
+            own[k].copy_(state[k])
+    frozen = set(keys)
+    for name, p in model.backbone.named_parameters():
+        if name in frozen:
+            p.requires_grad_(False)
+    return [
+        name
+        for name, m in model.backbone.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and f"{name}.running_mean" in frozen
+    ]
 
 
 def check_backbone_unchanged(model: RefineNet, reference: dict[str, torch.Tensor]) -> None:
@@ -701,8 +744,12 @@ def train(
     model = build_model(model_config, torchvision_weights)
     load_encoder(model, cfg.backbone_weights)
     zero_init_residual_branches(model)
+    encoder = {k: v.clone() for k, v in model.backbone.state_dict().items()} if cfg.freeze_backbone_levels else {}
     if cfg.init_from or cfg.init_decoder_from:
         load_initial_weights(model, cfg.init_from or cfg.init_decoder_from, decoder_only=bool(cfg.init_decoder_from))
+    frozen_norms: list[str] = []
+    if cfg.freeze_backbone_levels:
+        frozen_norms = freeze_backbone_levels(model, cfg.freeze_backbone_levels, encoder)
     published: dict[str, torch.Tensor] | None = None
     if cfg.freeze_backbone:
         freeze_backbone(model)
@@ -791,6 +838,8 @@ def train(
         net.train()
         if cfg.backbone_bn == "frozen" or cfg.freeze_backbone:
             freeze_batch_norm_statistics(model.backbone)
+        for name in frozen_norms:
+            freeze_batch_norm_statistics(model.backbone.get_submodule(name))
         bar = tqdm(
             loader,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",

@@ -446,6 +446,48 @@ def test_a_run_can_start_its_decoder_alone_from_a_model_folder(tmp_path):
         load_initial_weights(wider, first / "model", decoder_only=True)
 
 
+def test_freeze_backbone_levels_keeps_the_encoder_below_a_level_as_given_over_init_from(tmp_path):
+    """freeze_backbone_levels: 2 on MobileNetV2 is blocks 0-6 (the taps of RefineNet-1 and -2 are
+    after blocks 3 and 6). Started from a trained folder, those blocks are the encoder file's and
+    stay so while the deeper blocks and the decoder learn."""
+    from safetensors.torch import save_file
+
+    from refinenet.folder import load_folder
+    from refinenet.train import backbone_keys_through_level
+
+    torch.manual_seed(0)
+    first = train(tiny_config(tmp_path, 1, name="first"), progress=False)
+    trained = load_folder(first / "model").state_dict()
+    encoder = {
+        k: v + 1 if v.is_floating_point() else v for k, v in load_folder(first / "model").backbone.state_dict().items()
+    }
+    save_file({k: v.contiguous() for k, v in encoder.items()}, tmp_path / "encoder.safetensors")
+    model = load_folder(first / "model")
+    keys = backbone_keys_through_level(model, 2)
+    assert {int(k.split(".")[1]) for k in keys} == set(range(7))
+    assert all(k in keys for k in model.backbone.state_dict() if int(k.split(".")[1]) <= 6)
+    with pytest.raises(ValueError, match="0..3"):
+        tiny_config(tmp_path, 1, freeze_backbone_levels=4)
+    second = train(
+        tiny_config(
+            tmp_path,
+            1,
+            name="second",
+            backbone_weights=str(tmp_path / "encoder.safetensors"),
+            init_from=str(first / "model"),
+            freeze_backbone_levels=2,
+            lr_backbone=0.01,
+        ),
+        progress=False,
+    )
+    after = load_folder(second / "model").state_dict()
+    for k in keys:
+        assert torch.equal(after[f"backbone.{k}"], encoder[k]), k
+    deeper = [k for k in encoder if k not in keys and k.endswith("weight")]
+    assert deeper and all(not torch.equal(after[f"backbone.{k}"], trained[f"backbone.{k}"]) for k in deeper)
+    assert not torch.equal(after["classifier.weight"], trained["classifier.weight"])
+
+
 def test_a_distilled_run_with_a_file_encoder_and_frozen_batch_norm(tmp_path):
     """The VOC recipe's options together on generated data: the encoder comes from a
     safetensors file (strictly), the teacher from a folder, the backbone's batch-norm statistics
