@@ -431,6 +431,27 @@ def backbone_keys_through_level(model: RefineNet, level: int) -> list[str]:
     return keys[: last + 1]
 
 
+def interpolate_encoder(model: RefineNet, state: dict[str, torch.Tensor], weight: float, through_level: int) -> None:
+    """Move the backbone through RefineNet ``through_level`` (:func:`backbone_keys_through_level`)
+    the share ``weight`` of the way to ``state``, an encoder it started from: every floating
+    tensor becomes ``(1 - weight) * own + weight * state``, batch-norm statistics included.
+
+    A weight-space ensemble of a fine-tuned model and its starting point (WiSE-FT, Wortsman et
+    al., CVPR 2022), here only below RefineNet-4: a fine-tune on few photos moves an encoder
+    trained on many towards those photos, and part of the way back generalises better (README)."""
+    if not 0 < weight <= 1:
+        raise ValueError(f"the interpolation weight must be in (0, 1], not {weight}")
+    keys = backbone_keys_through_level(model, through_level)
+    own = model.backbone.state_dict()
+    missing = [k for k in keys if k not in state or state[k].shape != own[k].shape]
+    if missing:
+        raise ValueError(f"the encoder does not fit the backbone at {', '.join(missing[:5])}")
+    with torch.no_grad():
+        for k in keys:
+            if own[k].is_floating_point():
+                own[k].copy_(torch.lerp(own[k], state[k].to(own[k].dtype), weight))
+
+
 def freeze_backbone_levels(model: RefineNet, level: int, state: dict[str, torch.Tensor]) -> list[str]:
     """Set the backbone through ``level`` (:func:`backbone_keys_through_level`) to ``state``'s
     tensors (the encoder as ``backbone_weights`` gave it) and stop it learning; returns the batch

@@ -38,7 +38,7 @@ from refinenet.evaluate import write_results  # noqa: E402
 from refinenet.folder import save_pretrained, stored_tensors  # noqa: E402
 from refinenet.hub import from_pretrained  # noqa: E402
 from refinenet.models import count_parameters  # noqa: E402
-from refinenet.train import TrainConfig  # noqa: E402
+from refinenet.train import TrainConfig, interpolate_encoder  # noqa: E402
 from refinenet.zoo import hash_folder  # noqa: E402
 
 CAMVID_CITATION = (
@@ -367,6 +367,17 @@ def main() -> int:
         help="store the floating tensors in fp16 even when fp32 stays under 20 MB (a family of models that "
         "shares the 20 MB budget, such as the CamVid ablation's decoders)",
     )
+    parser.add_argument(
+        "--mix-encoder",
+        type=Path,
+        default=None,
+        metavar="SAFETENSORS",
+        help="an encoder the run started from (e.g. the teacher's): move the released backbone through "
+        "RefineNet --mix-through-level the share --mix-weight of the way back to it (refinenet.train."
+        "interpolate_encoder)",
+    )
+    parser.add_argument("--mix-weight", type=float, default=0.25)
+    parser.add_argument("--mix-through-level", type=int, default=3)
     parser.add_argument("--skip-multiscale", action="store_true", help="evaluate at a single scale only")
     parser.add_argument(
         "--reuse-eval",
@@ -397,6 +408,10 @@ def main() -> int:
     # Write the weights first and evaluate the written folder, so that the published numbers
     # are those of the committed (possibly fp16) tensors, not of the run's fp32 copy.
     model = from_pretrained(str(model_dir))
+    if args.mix_encoder is not None:
+        from safetensors.torch import load_file
+
+        interpolate_encoder(model, load_file(str(args.mix_encoder)), args.mix_weight, args.mix_through_level)
     # What the folder stores: the decoder alone when the backbone is torchvision's frozen weights.
     state = stored_tensors(model.config, model.state_dict())
     if args.fp16 or sum(t.numel() * t.element_size() for t in state.values()) > 20_000_000:
@@ -453,6 +468,12 @@ def main() -> int:
         + ("" if args.dataset == "camvid" else f" --dataset {args.dataset}")
         + ("" if args.epoch is None else f" --epoch {args.epoch}")
         + (" --fp16" if args.fp16 else "")
+        + (
+            ""
+            if args.mix_encoder is None
+            else f" \\\n    --mix-encoder {args.mix_encoder.as_posix()} --mix-weight {args.mix_weight:g}"
+            f" --mix-through-level {args.mix_through_level}"
+        )
         + (" --skip-multiscale" if args.skip_multiscale else "")
         + "".join(f" \\\n    --reference '{spec}'" for spec in args.reference)
         + "".join(f" \\\n    --comparison {path.as_posix()}" for path in args.comparison)
@@ -490,6 +511,13 @@ def main() -> int:
             "",
             f"The run started from the decoder of `{train_config.init_decoder_from}` (the commands above) on the "
             "encoder that `backbone_weights` names.",
+        ]
+    if args.mix_encoder is not None:
+        training += [
+            "",
+            f"The released backbone, up to RefineNet-{args.mix_through_level}'s tap, is the run's backbone "
+            f"moved {args.mix_weight:g} of the way back to the encoder in `{args.mix_encoder.as_posix()}` "
+            "(`--mix-encoder` in the release command; a weight-space ensemble, `refinenet.train.interpolate_encoder`).",
         ]
     kept = keep_logs(out, [*chain(args.config), *args.comparison])
     if kept:

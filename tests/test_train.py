@@ -488,6 +488,28 @@ def test_freeze_backbone_levels_keeps_the_encoder_below_a_level_as_given_over_in
     assert not torch.equal(after["classifier.weight"], trained["classifier.weight"])
 
 
+def test_interpolate_encoder_moves_the_levels_below_part_of_the_way_to_another_encoder(tmp_path):
+    from refinenet.train import backbone_keys_through_level, interpolate_encoder
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(tmp_path, 1).model_config())
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    other = {k: v + 2 if v.is_floating_point() else v + 5 for k, v in before.items()}
+    interpolate_encoder(model, other, 0.25, through_level=1)
+    through = set(backbone_keys_through_level(model, 1))
+    assert {int(k.split(".")[1]) for k in through} == set(range(4))  # RefineNet-1's tap: block 3
+    for k, v in model.backbone.state_dict().items():
+        if k in through and v.is_floating_point():
+            assert torch.allclose(v, before[k] + 0.5), k  # a quarter of the way: +2 * 0.25
+        else:
+            assert torch.equal(v, before[k]), k  # deeper blocks, and counters, as they were
+    for weight in (0.0, 1.5):
+        with pytest.raises(ValueError, match="weight"):
+            interpolate_encoder(model, other, weight, through_level=1)
+    with pytest.raises(ValueError, match="features.0"):
+        interpolate_encoder(model, {k: v for k, v in other.items() if not k.startswith("features.0.")}, 0.5, 1)
+
+
 def test_a_distilled_run_with_a_file_encoder_and_frozen_batch_norm(tmp_path):
     """The VOC recipe's options together on generated data: the encoder comes from a
     safetensors file (strictly), the teacher from a folder, the backbone's batch-norm statistics
