@@ -766,8 +766,10 @@ def train(
     load_encoder(model, cfg.backbone_weights)
     zero_init_residual_branches(model)
     encoder = {k: v.clone() for k, v in model.backbone.state_dict().items()} if cfg.freeze_backbone_levels else {}
-    if cfg.init_from or cfg.init_decoder_from:
-        load_initial_weights(model, cfg.init_from or cfg.init_decoder_from, decoder_only=bool(cfg.init_decoder_from))
+    if cfg.init_from:
+        load_initial_weights(model, cfg.init_from)
+    elif cfg.init_decoder_from:
+        load_initial_weights(model, cfg.init_decoder_from, decoder_only=True)
     frozen_norms: list[str] = []
     if cfg.freeze_backbone_levels:
         frozen_norms = freeze_backbone_levels(model, cfg.freeze_backbone_levels, encoder)
