@@ -404,32 +404,38 @@ def test_a_run_can_start_from_an_earlier_runs_model_folder(tmp_path):
     assert all(torch.equal(v, trained[k]) for k, v in dilated.state_dict().items())
 
 
-def test_a_run_can_start_its_decoder_alone_from_a_model_folder(tmp_path):
-    """init_decoder_from: the folder's decoder on the encoder that backbone_weights gives (here a
-    file, kept frozen): a trained decoder re-fitted to its encoder's original weights."""
+def trained_run_and_another_encoder(tmp_path):
+    """A tiny run's model folder, its tensors, and an encoder file (with its tensors) that differs
+    from that run's encoder in every floating tensor: where a test's backbone comes from shows."""
     from safetensors.torch import save_file
 
     from refinenet.folder import load_folder
-    from refinenet.train import load_initial_weights
 
     torch.manual_seed(0)
     first = train(tiny_config(tmp_path, 1, name="first"), progress=False)
-    trained = load_folder(first / "model").state_dict()
-    # An encoder file that differs from the trained run's encoder in every tensor.
-    encoder = {
-        k: v + 1 if v.is_floating_point() else v for k, v in load_folder(first / "model").backbone.state_dict().items()
-    }
+    folder = first / "model"
+    encoder = {k: v + 1 if v.is_floating_point() else v for k, v in load_folder(folder).backbone.state_dict().items()}
     save_file({k: v.contiguous() for k, v in encoder.items()}, tmp_path / "encoder.safetensors")
+    return folder, load_folder(folder).state_dict(), tmp_path / "encoder.safetensors", encoder
+
+
+def test_a_run_can_start_its_decoder_alone_from_a_model_folder(tmp_path):
+    """init_decoder_from: the folder's decoder on the encoder that backbone_weights gives (here a
+    file, kept frozen): a trained decoder re-fitted to its encoder's original weights."""
+    from refinenet.folder import load_folder
+    from refinenet.train import load_initial_weights
+
+    start, trained, encoder_file, encoder = trained_run_and_another_encoder(tmp_path)
     with pytest.raises(ValueError, match="do not combine"):
-        tiny_config(tmp_path, 1, init_from=str(first / "model"), init_decoder_from=str(first / "model"))
+        tiny_config(tmp_path, 1, init_from=str(start), init_decoder_from=str(start))
     second = train(
         tiny_config(
             tmp_path,
             1,
             name="second",
-            backbone_weights=str(tmp_path / "encoder.safetensors"),
+            backbone_weights=str(encoder_file),
             freeze_backbone=True,
-            init_decoder_from=str(first / "model"),
+            init_decoder_from=str(start),
             lr_decoder=0.0,
             optimizer="sgd",
         ),
@@ -443,26 +449,18 @@ def test_a_run_can_start_its_decoder_alone_from_a_model_folder(tmp_path):
     # A decoder of another shape is refused by name.
     wider = build_model(tiny_config(tmp_path, 1, model=dict(TINY_MODEL, num_classes=5)).model_config())
     with pytest.raises(ValueError, match="num_classes"):
-        load_initial_weights(wider, first / "model", decoder_only=True)
+        load_initial_weights(wider, start, decoder_only=True)
 
 
 def test_freeze_backbone_levels_keeps_the_encoder_below_a_level_as_given_over_init_from(tmp_path):
     """freeze_backbone_levels: 2 on MobileNetV2 is blocks 0-6 (the taps of RefineNet-1 and -2 are
     after blocks 3 and 6). Started from a trained folder, those blocks are the encoder file's and
     stay so while the deeper blocks and the decoder learn."""
-    from safetensors.torch import save_file
-
     from refinenet.folder import load_folder
     from refinenet.train import backbone_keys_through_level
 
-    torch.manual_seed(0)
-    first = train(tiny_config(tmp_path, 1, name="first"), progress=False)
-    trained = load_folder(first / "model").state_dict()
-    encoder = {
-        k: v + 1 if v.is_floating_point() else v for k, v in load_folder(first / "model").backbone.state_dict().items()
-    }
-    save_file({k: v.contiguous() for k, v in encoder.items()}, tmp_path / "encoder.safetensors")
-    model = load_folder(first / "model")
+    start, trained, encoder_file, encoder = trained_run_and_another_encoder(tmp_path)
+    model = load_folder(start)
     keys = backbone_keys_through_level(model, 2)
     assert {int(k.split(".")[1]) for k in keys} == set(range(7))
     assert all(k in keys for k in model.backbone.state_dict() if int(k.split(".")[1]) <= 6)
@@ -473,8 +471,8 @@ def test_freeze_backbone_levels_keeps_the_encoder_below_a_level_as_given_over_in
             tmp_path,
             1,
             name="second",
-            backbone_weights=str(tmp_path / "encoder.safetensors"),
-            init_from=str(first / "model"),
+            backbone_weights=str(encoder_file),
+            init_from=str(start),
             freeze_backbone_levels=2,
             lr_backbone=0.01,
         ),
