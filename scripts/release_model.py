@@ -376,7 +376,9 @@ def main() -> int:
         "RefineNet --mix-through-level the share --mix-weight of the way back to it (refinenet.train."
         "interpolate_encoder)",
     )
-    parser.add_argument("--mix-weight", type=float, default=0.25)
+    parser.add_argument(
+        "--mix-weight", type=float, default=None, help="the share, in (0, 1]; needed with --mix-encoder"
+    )
     parser.add_argument("--mix-through-level", type=int, default=3)
     parser.add_argument("--skip-multiscale", action="store_true", help="evaluate at a single scale only")
     parser.add_argument(
@@ -389,6 +391,9 @@ def main() -> int:
     )
     parser.add_argument("--notes", default="", help="extra markdown for the card's Training section")
     args = parser.parse_args()
+    if (args.mix_encoder is None) != (args.mix_weight is None):
+        print("error: --mix-encoder and --mix-weight go together", file=sys.stderr)
+        return 2
     profile = DATASETS[args.dataset]
     split, tag = profile["split"], profile["metric"]
     references = []
