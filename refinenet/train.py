@@ -431,25 +431,38 @@ def backbone_keys_through_level(model: RefineNet, level: int) -> list[str]:
     return keys[: last + 1]
 
 
-def interpolate_encoder(model: RefineNet, state: dict[str, torch.Tensor], weight: float, through_level: int) -> None:
-    """Move the backbone through RefineNet ``through_level`` (:func:`backbone_keys_through_level`)
-    the share ``weight`` of the way to ``state``, an encoder it started from: every floating
-    tensor becomes ``(1 - weight) * own + weight * state``, batch-norm statistics included.
+def interpolate_weights(
+    module: nn.Module, state: dict[str, torch.Tensor], weight: float, keys: list[str] | None = None
+) -> None:
+    """Move ``module``'s floating tensors at ``keys`` (all of them by default) the share
+    ``weight`` of the way to ``state``'s: each becomes ``(1 - weight) * own + weight * state``,
+    batch-norm statistics included; integer counters stay as they are.
 
-    A weight-space ensemble of a fine-tuned model and its starting point (WiSE-FT, Wortsman et
-    al., CVPR 2022), here only below RefineNet-4: a fine-tune on few photos moves an encoder
-    trained on many towards those photos, and part of the way back generalises better (README)."""
+    A weight-space ensemble (WiSE-FT, Wortsman et al., CVPR 2022): two models on one line of
+    fine-tuning (a model and the one it started from, or a re-fit of its decoder) often do better
+    part of the way between them than at either end. Keys or shapes that do not fit are refused,
+    named, before anything moves."""
     if not 0 < weight <= 1:
         raise ValueError(f"the interpolation weight must be in (0, 1], not {weight}")
-    keys = backbone_keys_through_level(model, through_level)
-    own = model.backbone.state_dict()
+    own = module.state_dict()
+    keys = list(own) if keys is None else keys
     missing = [k for k in keys if k not in state or state[k].shape != own[k].shape]
     if missing:
-        raise ValueError(f"the encoder does not fit the backbone at {', '.join(missing[:5])}")
+        raise ValueError(f"the weights do not fit at {', '.join(missing[:5])}")
     with torch.no_grad():
         for k in keys:
             if own[k].is_floating_point():
                 own[k].copy_(torch.lerp(own[k], state[k].to(own[k].dtype), weight))
+
+
+def interpolate_encoder(model: RefineNet, state: dict[str, torch.Tensor], weight: float, through_level: int) -> None:
+    """Move the backbone through RefineNet ``through_level`` (:func:`backbone_keys_through_level`)
+    the share ``weight`` of the way to ``state``, an encoder it started from
+    (:func:`interpolate_weights`).
+
+    Only below RefineNet-4 in the release: a fine-tune on few photos moves an encoder trained on
+    many towards those photos, and part of the way back generalises better (README)."""
+    interpolate_weights(model.backbone, state, weight, backbone_keys_through_level(model, through_level))
 
 
 def freeze_backbone_levels(model: RefineNet, level: int, state: dict[str, torch.Tensor]) -> list[str]:

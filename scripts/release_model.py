@@ -38,7 +38,7 @@ from refinenet.evaluate import write_results  # noqa: E402
 from refinenet.folder import save_pretrained, stored_tensors  # noqa: E402
 from refinenet.hub import from_pretrained  # noqa: E402
 from refinenet.models import count_parameters  # noqa: E402
-from refinenet.train import TrainConfig, interpolate_encoder  # noqa: E402
+from refinenet.train import TrainConfig, interpolate_encoder, interpolate_weights  # noqa: E402
 from refinenet.zoo import hash_folder  # noqa: E402
 
 CAMVID_CITATION = (
@@ -368,6 +368,18 @@ def main() -> int:
         "shares the 20 MB budget, such as the CamVid ablation's decoders)",
     )
     parser.add_argument(
+        "--mix-model",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="a model folder of the same architecture on the same line of fine-tuning (e.g. a re-fit of the "
+        "run's decoder): move every tensor of the released model the share --mix-model-weight of the way to "
+        "it (refinenet.train.interpolate_weights), before any --mix-encoder",
+    )
+    parser.add_argument(
+        "--mix-model-weight", type=float, default=None, help="the share, in (0, 1]; needed with --mix-model"
+    )
+    parser.add_argument(
         "--mix-encoder",
         type=Path,
         default=None,
@@ -394,6 +406,9 @@ def main() -> int:
     if (args.mix_encoder is None) != (args.mix_weight is None):
         print("error: --mix-encoder and --mix-weight go together", file=sys.stderr)
         return 2
+    if (args.mix_model is None) != (args.mix_model_weight is None):
+        print("error: --mix-model and --mix-model-weight go together", file=sys.stderr)
+        return 2
     profile = DATASETS[args.dataset]
     split, tag = profile["split"], profile["metric"]
     references = []
@@ -413,6 +428,8 @@ def main() -> int:
     # Write the weights first and evaluate the written folder, so that the published numbers
     # are those of the committed (possibly fp16) tensors, not of the run's fp32 copy.
     model = from_pretrained(str(model_dir))
+    if args.mix_model is not None:
+        interpolate_weights(model, from_pretrained(str(args.mix_model)).state_dict(), args.mix_model_weight)
     if args.mix_encoder is not None:
         from safetensors.torch import load_file
 
@@ -475,6 +492,11 @@ def main() -> int:
         + (" --fp16" if args.fp16 else "")
         + (
             ""
+            if args.mix_model is None
+            else f" \\\n    --mix-model {args.mix_model.as_posix()} --mix-model-weight {args.mix_model_weight:g}"
+        )
+        + (
+            ""
             if args.mix_encoder is None
             else f" \\\n    --mix-encoder {args.mix_encoder.as_posix()} --mix-weight {args.mix_weight:g}"
             f" --mix-through-level {args.mix_through_level}"
@@ -516,6 +538,13 @@ def main() -> int:
             "",
             f"The run started from the decoder of `{train_config.init_decoder_from}` (the commands above) on the "
             "encoder that `backbone_weights` names.",
+        ]
+    if args.mix_model is not None:
+        training += [
+            "",
+            f"Every tensor of the released model is the run's moved {args.mix_model_weight:g} of the way to "
+            f"`{args.mix_model.as_posix()}` (`--mix-model` in the release command; a weight-space ensemble, "
+            "`refinenet.train.interpolate_weights`).",
         ]
     if args.mix_encoder is not None:
         training += [

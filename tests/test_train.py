@@ -508,6 +508,26 @@ def test_interpolate_encoder_moves_the_levels_below_part_of_the_way_to_another_e
         interpolate_encoder(model, {k: v for k, v in other.items() if not k.startswith("features.0.")}, 0.5, 1)
 
 
+def test_interpolate_weights_moves_a_whole_model_part_of_the_way_or_nothing_when_a_key_is_missing(tmp_path):
+    from refinenet.train import interpolate_weights
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(tmp_path, 1).model_config())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    other = {k: v - 4 if v.is_floating_point() else v + 5 for k, v in before.items()}
+    decoder_key = next(k for k in before if not k.startswith("backbone.") and before[k].is_floating_point())
+    with pytest.raises(ValueError, match=decoder_key.replace(".", r"\.")):
+        interpolate_weights(model, {k: v for k, v in other.items() if k != decoder_key}, 0.5)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # refused before anything moved
+    interpolate_weights(model, other, 0.75)
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, before[k] - 3), k  # three quarters of the way: -4 * 0.75
+        else:
+            assert torch.equal(v, before[k]), k  # batch-norm counters as they were
+
+
 def test_a_distilled_run_with_a_file_encoder_and_frozen_batch_norm(tmp_path):
     """The VOC recipe's options together on generated data: the encoder comes from a
     safetensors file (strictly), the teacher from a folder, the backbone's batch-norm statistics
