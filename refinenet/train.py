@@ -470,8 +470,9 @@ def freeze_backbone_levels(model: RefineNet, level: int, state: dict[str, torch.
     tensors (the encoder as ``backbone_weights`` gave it) and stop it learning; returns the batch
     norms' module names, whose statistics must stay as loaded: call
     :func:`freeze_batch_norm_statistics` on them after each ``train()``."""
-    interpolate_encoder(model, state, 1.0, level)  # all the way: exactly state's floating tensors
-    frozen = set(backbone_keys_through_level(model, level))
+    keys = backbone_keys_through_level(model, level)
+    interpolate_weights(model.backbone, state, 1.0, keys)  # all the way: exactly state's floating tensors
+    frozen = set(keys)
     for name, p in model.backbone.named_parameters():
         if name in frozen:
             p.requires_grad_(False)
