@@ -439,3 +439,43 @@ def class_mix(
         mixed_images[i] = torch.where(mask, source_images[i], images[i])
         mixed_labels[i] = torch.where(mask, source_labels[i], labels[i])
     return mixed_images, mixed_labels
+
+
+def cut_mix(tensors: Sequence[Tensor | None], probability: float, generator: torch.Generator) -> list[Tensor | None]:
+    """CutMix (Yun et al., ICCV 2019) on a training batch: with ``probability``, each image receives
+    a rectangle of the previous image of the batch, and every per-pixel tensor that goes with the
+    images (labels, the classes the boxes allow, loss weights) receives the same rectangle.
+
+    Unlike :func:`class_mix` it needs no labels to choose what moves, so whatever describes a pixel
+    travels with it: a pasted pixel keeps its label and the boxes that allow its classes, and a
+    teacher asked afterwards sees the mixed image itself. A distilled student then meets photos
+    no one took, each labelled by the teacher consistently: with a few thousand photos, the
+    student otherwise learns them rather than the teacher. The rectangle covers a share of the
+    image drawn uniformly from 0 to 1 (CutMix's Beta(1, 1)), with the image's aspect, at a
+    uniform centre, clipped to the image.
+
+    Every tensor has the batch first and the image's height and width last (B x H x W or
+    B x C x H x W); ``None`` entries stay ``None``. Returns new tensors.
+    """
+    present = [t for t in tensors if t is not None]
+    if probability <= 0 or not present or present[0].shape[0] < 2:
+        return list(tensors)
+    batch, (h, w) = present[0].shape[0], present[0].shape[-2:]
+    for t in present:
+        if t.shape[0] != batch or t.shape[-2:] != (h, w):
+            raise ValueError(f"cut_mix needs one batch of one size: {tuple(t.shape)} against {batch} x {h} x {w}")
+    mixed = [t.clone() if t is not None else None for t in tensors]
+    for i in range(batch):
+        if torch.rand((), generator=generator) >= probability:
+            continue
+        share, cy, cx = torch.rand(3, generator=generator).tolist()
+        side = share**0.5
+        rh, rw = round(h * side), round(w * side)
+        y0, x0 = round(cy * h - rh / 2), round(cx * w - rw / 2)
+        rows = slice(max(0, y0), min(h, y0 + rh))
+        cols = slice(max(0, x0), min(w, x0 + rw))
+        source = (i - 1) % batch
+        for out, t in zip(mixed, tensors, strict=True):
+            if out is not None and t is not None:
+                out[i, ..., rows, cols] = t[source, ..., rows, cols]
+    return mixed

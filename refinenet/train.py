@@ -1,7 +1,7 @@
 """Training: one loop for the 2-core CPU, a GPU, or several processes under ``torchrun``.
 
 Recipe (configs/*.yaml): random scale, crop, flip and mild photometric jitter, optionally
-ClassMix between the images of a batch; AdamW or SGD with momentum, with a higher learning rate
+ClassMix or CutMix between the images of a batch; AdamW or SGD with momentum, with a higher learning rate
 for the randomly initialised decoder than for the pretrained backbone; poly learning-rate decay
 per step; cross-entropy that ignores the void label, optionally plus distillation from a teacher's
 class probabilities on the same crop. The backbone starts from torchvision's ImageNet weights or
@@ -44,6 +44,7 @@ from .data import (
     build_dataset,
     class_mix,
     collate_with_boxes,
+    cut_mix,
     has_boxes,
     set_epoch,
     small_box_weights,
@@ -126,6 +127,10 @@ class TrainConfig:
     scale_range: tuple[float, float] = (0.5, 2.0)
     photometric: float = 0.2
     class_mix: float = 0.0  # share of images that get half the classes of another (data.class_mix)
+    # Share of images that get a rectangle of another, with its labels, boxes and loss weights
+    # (data.cut_mix); with distillation the teacher labels the mixed image, so it combines with all
+    # the box-based options that class_mix does not.
+    cut_mix: float = 0.0
     optimizer: str = "adamw"  # or "sgd" (momentum 0.9), the Light-Weight RefineNet authors' choice
     lr_backbone: float = 5e-4
     lr_decoder: float = 5e-3
@@ -156,6 +161,11 @@ class TrainConfig:
             raise ValueError(f"backbone_bn must be 'train' or 'frozen', not {self.backbone_bn!r}")
         if self.partial_labels_from_boxes and self.class_mix:
             raise ValueError("class_mix and partial_labels_from_boxes do not combine: a pasted region has no boxes")
+        for name in ("class_mix", "cut_mix"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a share of the images, 0 to 1, not {getattr(self, name)}")
+        if self.class_mix and self.cut_mix:
+            raise ValueError("class_mix and cut_mix: choose one (each pastes from the previous image)")
         if self.small_box_weight <= 0 or self.small_box_pixels <= 0:
             raise ValueError("small_box_weight and small_box_pixels must be positive")
         if self.unlabelled_weight <= 0:
@@ -883,24 +893,29 @@ def train(
         )
         for batch in bar:
             x, y = batch[0], batch[1]
-            if not cfg.uses_boxes:
+            allowed, weights = None, None
+            if cfg.uses_boxes:
+                allowed = allowed_classes(batch[2], batch[3], model_config.num_classes, tuple(y.shape[-2:]))
+                weights = pixel_weights(cfg, batch[2], y, ignore_index)
+            else:
                 x, y = class_mix(x, y, cfg.class_mix, ignore_index, mix_generator)
+            # After the boxes are read: what the boxes say about a pixel moves with it.
+            x, y, allowed, weights = cut_mix([x, y, allowed, weights], cfg.cut_mix, mix_generator)
+            assert x is not None and y is not None
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], step, total_steps, cfg.poly_power, cfg.warmup_steps)
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
-            distill, label_sets, weights = None, None, None
-            if cfg.uses_boxes:
-                size = tuple(y.shape[-2:])
-                allowed = allowed_classes(batch[2], batch[3], model_config.num_classes, size).to(device)
+            distill, label_sets = None, None
+            if allowed is not None:
+                allowed = allowed.to(device)
                 if distiller is not None:
                     out_size = (y.shape[-2] // 4, y.shape[-1] // 4)
                     distill = (distiller, *distiller.targets(x, allowed, out_size, y))
                 if cfg.partial_labels_from_boxes:
                     label_sets = allowed
-                weights = pixel_weights(cfg, batch[2], batch[1], ignore_index)
-                if weights is not None:
-                    weights = weights.to(device)
+            if weights is not None:
+                weights = weights.to(device)
             loss = train_step(
                 net, optimizer, x, y, ignore_index, cfg.grad_clip, scaler, autocast_dtype, distill, label_sets, weights
             )

@@ -8,7 +8,7 @@ import torch
 from _datagen import make_folder
 from torch.utils.data import ConcatDataset
 
-from refinenet.data import EvalTransform, SegmentationFolder, TrainTransform, build_dataset, class_mix
+from refinenet.data import EvalTransform, SegmentationFolder, TrainTransform, build_dataset, class_mix, cut_mix
 
 
 def test_folder_pairs_images_and_labels_by_stem(tmp_path):
@@ -113,6 +113,59 @@ def test_class_mix_pastes_half_the_classes_of_the_previous_image_with_their_labe
         assert torch.equal(pasted, torch.isin(labels[source], torch.tensor(sorted(moved))))
     # The inputs are untouched.
     assert torch.equal(images, _stripes_batch()[0]) and torch.equal(labels, _stripes_batch()[1])
+
+
+def test_cut_mix_pastes_one_rectangle_of_the_previous_image_with_everything_that_describes_its_pixels():
+    # Image i is filled with the value i, so every pixel says which image it came from; the other
+    # tensors are made from the same numbers, so each must agree with the image pixel by pixel.
+    batch, h, w = 4, 12, 16
+    images = torch.arange(batch, dtype=torch.float32).view(batch, 1, 1, 1).expand(batch, 3, h, w).clone()
+    labels = torch.arange(batch).view(batch, 1, 1).expand(batch, h, w) * 10
+    allowed = torch.zeros(batch, 5, h, w, dtype=torch.bool)
+    for i in range(batch):
+        allowed[i, i] = True
+    weights = torch.arange(batch, dtype=torch.float32).view(batch, 1, 1).expand(batch, h, w) + 0.5
+    mixed = cut_mix([images, labels, allowed, None, weights], 1.0, torch.Generator().manual_seed(0))
+    mixed_images, mixed_labels, mixed_allowed, nothing, mixed_weights = mixed
+    assert nothing is None
+    pasted_somewhere = False
+    for i in range(batch):
+        source = (i - 1) % batch
+        pasted = mixed_images[i, 0] == source
+        assert torch.all(pasted | (mixed_images[i, 0] == i))
+        assert torch.equal(mixed_images[i], mixed_images[i, :1].expand(3, h, w))
+        assert torch.equal(mixed_labels[i], torch.where(pasted, source * 10, i * 10))
+        assert torch.equal(mixed_allowed[i, source], pasted) and torch.equal(mixed_allowed[i, i], ~pasted)
+        assert torch.equal(mixed_weights[i], torch.where(pasted, source + 0.5, i + 0.5))
+        if pasted.any():
+            pasted_somewhere = True
+            # One axis-aligned rectangle: its bounding box is all pasted.
+            rows, cols = pasted.any(1).nonzero()[:, 0], pasted.any(0).nonzero()[:, 0]
+            assert pasted[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all()
+    assert pasted_somewhere
+    # The inputs are untouched; nothing happens at probability 0 or with one image.
+    assert torch.equal(images[1], torch.ones(3, h, w)) and torch.equal(labels[2], torch.full((h, w), 20))
+    same = cut_mix([images, labels], 0.0, torch.Generator().manual_seed(0))
+    assert same[0] is images and same[1] is labels
+    alone = cut_mix([images[:1], labels[:1]], 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(alone[0], images[:1])
+    with pytest.raises(ValueError, match="one batch of one size"):
+        cut_mix([images, labels[:, :6]], 1.0, torch.Generator().manual_seed(0))
+
+
+def test_cut_mix_share_follows_the_probability_and_seed():
+    images = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 20, 20).clone()
+    a = cut_mix([images], 0.5, torch.Generator().manual_seed(3))[0]
+    b = cut_mix([images], 0.5, torch.Generator().manual_seed(3))[0]
+    assert torch.equal(a, b)
+    generator = torch.Generator().manual_seed(1)
+    draws = [cut_mix([images], 0.5, generator)[0] for _ in range(200)]
+    mixed = sum(int(not torch.equal(d[i], images[i])) for d in draws for i in range(4))
+    # About half the images get a rectangle (a few draw one too thin to hold a pixel).
+    assert 300 < mixed < 500
+    # The pasted share is uniform on [0, 1]: its mean over the mixed images is near a half.
+    shares = [float((d[i, 0] != i).float().mean()) for d in draws for i in range(4) if not torch.equal(d[i], images[i])]
+    assert 0.3 < sum(shares) / len(shares) < 0.5
 
 
 def test_class_mix_probability_and_seed():
