@@ -475,7 +475,7 @@ def cut_mix(tensors: Sequence[Tensor | None], probability: float, generator: tor
         rows = slice(max(0, y0), min(h, y0 + rh))
         cols = slice(max(0, x0), min(w, x0 + rw))
         source = (i - 1) % batch
-        for out, t in zip(mixed, tensors, strict=True):
-            if out is not None and t is not None:
-                out[i, ..., rows, cols] = t[source, ..., rows, cols]
+        for out, original in zip(mixed, tensors, strict=True):
+            if out is not None and original is not None:
+                out[i, ..., rows, cols] = original[source, ..., rows, cols]
     return mixed
