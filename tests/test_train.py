@@ -822,3 +822,62 @@ def test_pixel_weights_weigh_small_boxes_and_unlabelled_pixels_and_are_checked(t
         _boxed_config(tmp_path, partial_labels_from_boxes=True, unlabelled_weight=0.0)
     with pytest.raises(ValueError, match="partial_labels_from_boxes"):
         _boxed_config(tmp_path, unlabelled_weight=2.0)
+
+
+RECORDING_TEACHER = '''
+from pathlib import Path
+
+import torch
+
+
+class Teacher:
+    """A stand-in teacher that keeps every batch it is shown, next to this file."""
+
+    def __init__(self, device="cpu"):
+        self.calls = 0
+
+    def probs(self, images, flip=False):
+        self.calls += 1
+        torch.save(images.clone(), Path(__file__).with_name(f"seen-{self.calls}.pt"))
+        n, _, h, w = images.shape
+        return torch.full((n, 3, h, w), 1 / 3)
+'''
+
+
+def test_cut_mix_shows_the_teacher_the_mixed_crops_and_resumes_exactly(tmp_path):
+    torch.set_num_threads(1)
+
+    def run(name, steps=None, resume=False, **options):
+        teacher = tmp_path / f"teacher-{name}"
+        teacher.mkdir(exist_ok=True)
+        (teacher / "teacher.py").write_text(RECORDING_TEACHER)
+        data = {"kind": "folders", "root": str(_boxed_data(tmp_path)), "train_split": "train", "ignore_index": 255}
+        cfg = tiny_config(
+            tmp_path, 2, name, data=data, partial_labels_from_boxes=True, distill={"teacher": str(teacher)}, **options
+        )
+        folder = train(cfg, max_steps=steps, resume=resume, progress=False)
+        # The first epoch's two batches (a run stopped after one step saw one).
+        return folder, [
+            torch.load(teacher / f"seen-{k}.pt") for k in range(1, 3) if (teacher / f"seen-{k}.pt").exists()
+        ]
+
+    _, plain = run("plain")
+    mixed_run, mixed = run("mixed", cut_mix=1.0)
+    # The same crops, but every crop the teacher saw holds a rectangle of the other crop of its
+    # batch of two, and nothing else: the teacher labels the mixed image itself.
+    for seen, crops in zip(mixed, plain, strict=True):
+        assert not torch.equal(seen, crops)
+        for i in range(2):
+            own, other = (seen[i] == crops[i]).all(0), (seen[i] == crops[1 - i]).all(0)
+            assert (own | other).all() and (other & ~own).any()
+    # Interrupted after the first step, then continued: the same rectangles, the same weights.
+    run("resumed", steps=1, cut_mix=1.0)
+    resumed_run, _ = run("resumed", resume=True, cut_mix=1.0)
+    a, b = load_checkpoint(mixed_run / "last.pt"), load_checkpoint(resumed_run / "last.pt")
+    assert a["step"] == b["step"] == 4
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    with pytest.raises(ValueError, match="choose one"):
+        tiny_config(tmp_path, epochs=1, class_mix=0.5, cut_mix=0.5)
+    with pytest.raises(ValueError, match="0 to 1"):
+        tiny_config(tmp_path, epochs=1, cut_mix=1.5)
