@@ -846,12 +846,12 @@ class Teacher:
 
 def test_cut_mix_shows_the_teacher_the_mixed_crops_and_resumes_exactly(tmp_path):
     torch.set_num_threads(1)
+    data = {"kind": "folders", "root": str(_boxed_data(tmp_path)), "train_split": "train", "ignore_index": 255}
 
     def run(name, steps=None, resume=False, **options):
         teacher = tmp_path / f"teacher-{name}"
         teacher.mkdir(exist_ok=True)
         (teacher / "teacher.py").write_text(RECORDING_TEACHER)
-        data = {"kind": "folders", "root": str(_boxed_data(tmp_path)), "train_split": "train", "ignore_index": 255}
         cfg = tiny_config(
             tmp_path, 2, name, data=data, partial_labels_from_boxes=True, distill={"teacher": str(teacher)}, **options
         )
