@@ -53,7 +53,7 @@ from .evaluate import evaluate_model
 from .folder import load_folder, load_state_dict_strict, stored_tensors
 from .models import RefineNet, build_model
 
-DISTILL_KEYS = {"teacher", "weight", "only_where_labels_agree"}
+DISTILL_KEYS = {"teacher", "weight", "only_where_labels_agree", "teacher_grid"}
 
 
 @dataclass
@@ -92,7 +92,13 @@ class TrainConfig:
     # "only_where_labels_agree": true, only on the pixels whose label the teacher's restricted
     # argmax reproduces: where the labels were made better than the teacher's single look (zoomed
     # small boxes, boxes it missed, whose background is left unlabelled), the KL term would
-    # otherwise teach the student the teacher's miss.
+    # otherwise teach the student the teacher's miss. With "teacher_grid": g (16 for the VOC teacher)
+    # the teacher sees each crop padded at its bottom and right to g*k + 1 pixels a side, and its
+    # probabilities are cut back to the crop: the VOC teacher pads like TensorFlow ("SAME", one
+    # pixel more at the bottom and right of every even-sized stride-2 convolution) and upsamples its
+    # stride-16 logits with aligned corners, which together put its answer for a pixel up to 15
+    # pixels up and left of it on a 320-pixel crop, 7.5 on average; on 16k+1 pixels both are exact.
+    # Without it (the runs before 2026-12-03), the students learned that shift (README).
     distill: dict[str, Any] | None = None
     # Partial labels from the human boxes (needs boxes.json in the training split): a pixel the
     # labels leave unlabelled (ignore_index) is trained towards the set of classes the boxes allow
@@ -373,8 +379,12 @@ class Distiller:
         device: torch.device,
         only_where_labels_agree: bool = False,
         ignore_index: int = 255,
+        grid: int = 1,
     ) -> None:
+        if grid < 1:
+            raise ValueError(f"distill teacher_grid must be a positive whole number, not {grid}")
         self.teacher = import_teacher(folder).Teacher(device)
+        self.grid = int(grid)
         self.weight = float(weight)
         self.only_where_labels_agree = bool(only_where_labels_agree)
         self.ignore_index = ignore_index
@@ -390,8 +400,14 @@ class Distiller:
         output pixels to distil on: those on the photo rather than on padding, and with
         ``only_where_labels_agree`` those where the teacher's argmax equals ``labels`` (N x H x W,
         at the crops' size) on most of the pixels the output pixel covers."""
+        images = x * self.std + self.mean
+        h, w = images.shape[-2:]
+        if self.grid > 1:
+            # Sizes g*k + 1, padded by repeating the last row and column (see TrainConfig.distill).
+            pad_h, pad_w = (-(h - 1)) % self.grid, (-(w - 1)) % self.grid
+            images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cpu"):
-            probs = self.teacher.probs(x * self.std + self.mean)
+            probs = self.teacher.probs(images)[..., :h, :w]
         probs = probs.float() * allowed
         probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-8)
         trusted = allowed[:, :1].float()
@@ -829,6 +845,7 @@ def train(
             device,
             only_where_labels_agree=cfg.distill.get("only_where_labels_agree", False),
             ignore_index=ignore_index,
+            grid=cfg.distill.get("teacher_grid", 1),
         )
     autocast_dtype = autocast_dtype_for(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None

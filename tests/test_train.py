@@ -824,6 +824,45 @@ def test_pixel_weights_weigh_small_boxes_and_unlabelled_pixels_and_are_checked(t
         _boxed_config(tmp_path, unlabelled_weight=2.0)
 
 
+CONTENT_TEACHER = '''
+from pathlib import Path
+
+import torch
+
+
+class Teacher:
+    """A stand-in teacher whose class 2 probability is the red channel at each pixel, and that
+    keeps the size of the last batch it was shown, next to this file."""
+
+    def __init__(self, device="cpu"):
+        pass
+
+    def probs(self, images, flip=False):
+        Path(__file__).with_name("seen-size.txt").write_text(" ".join(map(str, images.shape[-2:])))
+        red = images[:, :1]
+        return torch.cat([1 - red, torch.zeros_like(red), red], 1)
+'''
+
+
+@pytest.mark.parametrize(("grid", "seen"), [(1, (8, 10)), (16, (17, 17)), (4, (9, 13))])
+def test_distillation_teacher_grid_pads_the_crop_and_answers_for_its_own_pixels(tmp_path, grid, seen):
+    """A teacher aligned only on g*k + 1 pixels sees the crop padded to that size at its bottom and
+    right, and its answers are cut back so each crop pixel gets the answer for that pixel."""
+    from refinenet.train import Distiller
+
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "teacher.py").write_text(CONTENT_TEACHER)
+    red = torch.rand(1, 1, 8, 10)
+    crop = torch.cat([red * 2 - 1, torch.zeros(1, 2, 8, 10)], 1)  # normalised with mean and std 0.5
+    distiller = Distiller(tmp_path / "teacher", 1.0, (0.5,) * 3, (0.5,) * 3, torch.device("cpu"), grid=grid)
+    targets, _ = distiller.targets(crop, torch.ones(1, 3, 8, 10, dtype=torch.bool), (8, 10))
+    assert tuple(map(int, (tmp_path / "teacher" / "seen-size.txt").read_text().split())) == seen
+    # bf16 autocast rounds the teacher's input to 8 significant bits.
+    assert torch.allclose(targets[:, 2:], red, atol=1e-2)
+    with pytest.raises(ValueError, match="teacher_grid"):
+        Distiller(tmp_path / "teacher", 1.0, (0.5,) * 3, (0.5,) * 3, torch.device("cpu"), grid=0)
+
+
 RECORDING_TEACHER = '''
 from pathlib import Path
 
