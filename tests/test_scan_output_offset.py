@@ -48,13 +48,13 @@ def test_the_scan_at_minus_one_and_a_half_scores_as_refinenet_eval_does(scan, tm
     scan's figure there is the evaluation's, and another offset gives another figure."""
     import json
 
+    from _datagen import make_folder
+
     from refinenet.config import RefineNetConfig
     from refinenet.data import EvalTransform, build_dataset
     from refinenet.evaluate import evaluate_model
     from refinenet.folder import save_pretrained
     from refinenet.models import build_model
-
-    from _datagen import make_folder
 
     torch.manual_seed(0)
     config = RefineNetConfig(backbone="mobilenetv2", num_classes=3, widths=[16] * 4, dropout=0.0)
