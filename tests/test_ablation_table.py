@@ -3,13 +3,12 @@ hand-made evaluation file and benchmark result standing in for the real measurem
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _scripts import load_script
 
 from refinenet.config import RefineNetConfig
 from refinenet.data import CAMVID_CLASSES
@@ -24,12 +23,7 @@ pytestmark = pytest.mark.usefixtures("single_thread", "no_network")
 
 @pytest.fixture(scope="module")
 def table():
-    spec = importlib.util.spec_from_file_location("ablation_table", ROOT / "scripts" / "ablation_table.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ablation_table")
 
 
 def variant_folder(tmp_path: Path, name: str, cascade: str, crp_stages: int, miou: float) -> tuple[Path, int, int]:

@@ -3,22 +3,18 @@ and training logs (the script itself evaluates real data, which tests do not hav
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def release():
-    spec = importlib.util.spec_from_file_location("release_model", ROOT / "scripts" / "release_model.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("release_model")
 
 
 def _result(miou: float, found: float | None = None) -> dict:
