@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 from _scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def release():
