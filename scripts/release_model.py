@@ -22,6 +22,7 @@ import argparse
 import json
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,7 +34,6 @@ KEPT_LOGS = "training-logs"  # a release folder's copies of the logs of the runs
 KEPT_REFERENCES = "references"  # its copies of the eval JSON of the other models in its table
 
 from refinenet.cli import main as refinenet_cli  # noqa: E402
-from refinenet.data import CAMVID_ROOT, VOC_PSEUDO_ROOT  # noqa: E402
 from refinenet.evaluate import write_results  # noqa: E402
 from refinenet.folder import save_pretrained, stored_tensors  # noqa: E402
 from refinenet.hub import from_pretrained  # noqa: E402
@@ -71,30 +71,44 @@ VOC_LICENSE_TEXT = (
     "for research and teaching. The code of this project is MIT-licensed. Cite the PASCAL VOC paper and credit "
     "the TensorFlow DeepLab authors when you use these weights."
 )
-# What differs between the datasets a model is released for; everything else is shared.
+
+
+@dataclass(frozen=True)
+class ReleaseProfile:
+    """What differs between the datasets a model is released for; everything else is shared."""
+
+    split: str  # the split the card's figures come from
+    metric: str  # the prefix of the card's metric names
+    license: str
+    license_text: str  # formatted with backbone_init, backbone_use and distilled
+    train_note: str
+    results_title: str
+    results_text: str
+    data_text: str
+    trainonly: str | None  # the train-only recipe's wording, where a train-only run exists
+
+
 DATASETS = {
-    "camvid": {
-        "data": CAMVID_ROOT,
-        "split": "test",
-        "metric": "test",
-        "license": "camvid-research-use",
-        "license_text": LICENSE_TEXT,
-        "train_note": "the train split is CamVid train+val",
-        "results_title": "Results on the CamVid test set",
-        "results_text": "11 classes, void (label 11) ignored, the 233 original 480x360 test frames (lossless), "
+    "camvid": ReleaseProfile(
+        split="test",
+        metric="test",
+        license="camvid-research-use",
+        license_text=LICENSE_TEXT,
+        train_note="the train split is CamVid train+val",
+        results_title="Results on the CamVid test set",
+        results_text="11 classes, void (label 11) ignored, the 233 original 480x360 test frames (lossless), "
         "full frames, no cropping.",
-        "data_text": CAMVID_CITATION + " No CamVid frame or label is distributed with these weights.",
-        "trainonly": "trained on train only (367 frames)",
-    },
-    "voc": {
-        "data": VOC_PSEUDO_ROOT,
-        "split": "val",
-        "metric": "val_teacher",
-        "license": "voc-research-use",
-        "license_text": VOC_LICENSE_TEXT,
-        "train_note": "trained on train/, evaluated on val/",
-        "results_title": "Results on the held-out VOC 2007 photos",
-        "results_text": "21 classes, ignore label 255, the 300 photos of `val/` at their full size. Two kinds of "
+        data_text=CAMVID_CITATION + " No CamVid frame or label is distributed with these weights.",
+        trainonly="trained on train only (367 frames)",
+    ),
+    "voc": ReleaseProfile(
+        split="val",
+        metric="val_teacher",
+        license="voc-research-use",
+        license_text=VOC_LICENSE_TEXT,
+        train_note="trained on train/, evaluated on val/",
+        results_title="Results on the held-out VOC 2007 photos",
+        results_text="21 classes, ignore label 255, the 300 photos of `val/` at their full size. Two kinds of "
         "figure, and they say different things:\n\n"
         "- **val mIoU is agreement with the box-constrained teacher labels**, not accuracy against human masks "
         "(a student that copied the labels perfectly would score 100). On a separate set of everyday photos "
@@ -103,9 +117,9 @@ DATASETS = {
         "small, under 2% of the photo): *found* is the share of boxes in which the model gives at least 10% of "
         "the box's pixels the box's class; *outside* is the share of the pixels the model gives an object class "
         "that lie outside every box of that class. They are the human-grounded figures.",
-        "data_text": VOC_CITATION + " No photo or label is distributed with these weights.",
-        "trainonly": None,
-    },
+        data_text=VOC_CITATION + " No photo or label is distributed with these weights.",
+        trainonly=None,
+    ),
 }
 
 
@@ -410,7 +424,7 @@ def main() -> int:
         print("error: --mix-model and --mix-model-weight go together", file=sys.stderr)
         return 2
     profile = DATASETS[args.dataset]
-    split, tag = profile["split"], profile["metric"]
+    split, tag = profile.split, profile.metric
     references = []
     for spec in args.reference:
         label, sep, path = spec.partition("=")
@@ -507,7 +521,7 @@ def main() -> int:
         + (f" \\\n    --notes-file {args.notes_file.as_posix()}" if args.notes_file else "")
     )
     training = [
-        f"Reproduce (resumes if interrupted; {profile['train_note']}):",
+        f"Reproduce (resumes if interrupted; {profile.train_note}):",
         "",
         "```bash",
         "sh ../shared/tools/seed-torch-cache.sh      # torchvision's ImageNet MobileNetV2 weights, offline",
@@ -571,31 +585,31 @@ def main() -> int:
         training += ["", args.notes]
     if args.notes_file:
         training += ["", args.notes_file.read_text()]
-    if args.trainonly_log and args.trainonly_log.exists() and profile["trainonly"]:
+    if args.trainonly_log and args.trainonly_log.exists() and profile.trainonly:
         vals = [json.loads(line) for line in args.trainonly_log.read_text().splitlines() if "val_mIoU" in line]
         if vals:
             training += [
                 "",
-                f"The same recipe {profile['trainonly']} reaches a validation mIoU of "
+                f"The same recipe {profile.trainonly} reaches a validation mIoU of "
                 f"{vals[-1]['val_mIoU']:.2f} after {vals[-1]['epoch']} epochs "
                 f"(`refinenet train configs/{args.trainonly_log.parent.name}.yaml`; the run's "
                 "log.jsonl holds the validation mIoU of every fifth epoch and of the last).",
             ]
-    results = profile["results_text"]
+    results = profile.results_text
     if references or multi:
         rows = [("this model, single scale", single)]
         rows += [("this model, 0.75/1/1.25 + flip", multi)] if multi else []
         results += "\n\n" + reference_table(rows + references)
     results += "\n\nPer class (found and outside at a single scale):\n\n" if "found" in single else "\n\n"
     results += per_class_table(single, multi)
-    sections = {profile["results_title"]: results}
+    sections = {profile.results_title: results}
     if args.comparison:
         sections["Encoder initialisation and distillation"] = (
             f"The same schedule's first {args.comparison_epoch} epochs for each variant, validated on `val/`:\n\n"
             + comparison_table(args.comparison, args.comparison_epoch)
         )
     sections["Training"] = "\n".join(training)
-    sections["Data"] = profile["data_text"]
+    sections["Data"] = profile.data_text
     title = model.config.description.split(", trained")[0].rstrip(".") or args.id  # "<model> on <backbone>"
     backbone_init = model.config.backbone_init or "torchvision's ImageNet MobileNetV2 weights (BSD-3-Clause)"
     save_pretrained(
@@ -604,8 +618,8 @@ def main() -> int:
         model.config,
         title=title,
         metrics=metrics,
-        license_name=profile["license"],
-        license_text=profile["license_text"].format(
+        license_name=profile.license,
+        license_text=profile.license_text.format(
             backbone_init=backbone_init,
             backbone_use="is, frozen and unchanged," if model.config.frozen_backbone else "starts from",
             distilled=", and distillation from," if train_config.distill else "",
