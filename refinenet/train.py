@@ -127,6 +127,12 @@ class TrainConfig:
     # stays as backbone_weights gives it. With freeze_backbone, a trained decoder re-adapts to its
     # encoder's original weights: a teacher's encoder stays exactly the teacher's.
     init_decoder_from: str | None = None
+    # {"weight": w, "through_level": n}: after init_from's weights load, move the backbone up to the
+    # tap of RefineNet-n the share w of the way back to the encoder backbone_weights gives
+    # (interpolate_encoder), as scripts/release_model.py --mix-encoder does to a released model. A
+    # run can then start from exactly such a release while naming the run and epoch it came from,
+    # so its reproduce commands stay a chain of runs.
+    init_encoder_mix: dict[str, Any] | None = None
     epochs: int = 30
     batch_size: int = 8
     crop_size: int = 320
@@ -163,6 +169,14 @@ class TrainConfig:
             raise ValueError("freeze_backbone freezes every level; set freeze_backbone_levels or freeze_backbone")
         if self.init_from and self.init_decoder_from:
             raise ValueError("init_from and init_decoder_from do not combine: the first sets the encoder too")
+        if self.init_encoder_mix is not None:
+            mix = self.init_encoder_mix
+            if not self.init_from:
+                raise ValueError("init_encoder_mix moves init_from's encoder: set init_from")
+            if set(mix) != {"weight", "through_level"}:
+                raise ValueError(f"init_encoder_mix needs exactly 'weight' and 'through_level', not {sorted(mix)}")
+            if not 0 < mix["weight"] <= 1 or mix["through_level"] not in (1, 2, 3, 4):
+                raise ValueError(f"init_encoder_mix: weight in (0, 1] and through_level 1..4, not {mix}")
         if self.backbone_bn not in ("train", "frozen"):
             raise ValueError(f"backbone_bn must be 'train' or 'frozen', not {self.backbone_bn!r}")
         if self.partial_labels_from_boxes and self.class_mix:
@@ -801,9 +815,12 @@ def train(
     model = build_model(model_config, torchvision_weights)
     load_encoder(model, cfg.backbone_weights)
     zero_init_residual_branches(model)
-    encoder = {k: v.clone() for k, v in model.backbone.state_dict().items()} if cfg.freeze_backbone_levels else {}
+    keep_encoder = cfg.freeze_backbone_levels or cfg.init_encoder_mix
+    encoder = {k: v.clone() for k, v in model.backbone.state_dict().items()} if keep_encoder else {}
     if cfg.init_from:
         load_initial_weights(model, cfg.init_from)
+        if cfg.init_encoder_mix:
+            interpolate_encoder(model, encoder, cfg.init_encoder_mix["weight"], cfg.init_encoder_mix["through_level"])
     elif cfg.init_decoder_from:
         load_initial_weights(model, cfg.init_decoder_from, decoder_only=True)
     frozen_norms: list[str] = []

@@ -487,6 +487,42 @@ def test_freeze_backbone_levels_keeps_the_encoder_below_a_level_as_given_over_in
     assert not torch.equal(after["classifier.weight"], trained["classifier.weight"])
 
 
+def test_init_encoder_mix_starts_a_run_from_a_folder_with_its_lower_encoder_moved_towards_the_file(tmp_path):
+    """init_encoder_mix {weight 0.5, through_level 2}: the run starts from init_from's tensors with
+    blocks 0-6 moved half-way to the encoder file. The file's floating tensors are the folder's plus
+    1, so those blocks start at the folder's plus 0.5 and the deeper ones at the folder's; a frozen
+    backbone keeps exactly the start, which the exported folder shows."""
+    from refinenet.folder import load_folder
+
+    start, trained, encoder_file, _ = trained_run_and_another_encoder(tmp_path)
+    with pytest.raises(ValueError, match="set init_from"):
+        tiny_config(tmp_path, 1, init_encoder_mix={"weight": 0.5, "through_level": 2})
+    with pytest.raises(ValueError, match="through_level 1..4"):
+        tiny_config(tmp_path, 1, init_from=str(start), init_encoder_mix={"weight": 1.5, "through_level": 2})
+    second = train(
+        tiny_config(
+            tmp_path,
+            1,
+            name="second",
+            backbone_weights=str(encoder_file),
+            init_from=str(start),
+            init_encoder_mix={"weight": 0.5, "through_level": 2},
+            freeze_backbone=True,
+        ),
+        progress=False,
+    )
+    after = load_folder(second / "model").state_dict()
+    moved = 0
+    for k, v in after.items():
+        if not k.startswith("backbone.") or not v.is_floating_point():
+            continue
+        block = int(k.split(".")[2])
+        expected = trained[k] + 0.5 if block <= 6 else trained[k]
+        assert torch.allclose(v, expected, atol=1e-6), k
+        moved += block <= 6
+    assert moved > 0
+
+
 def test_interpolate_encoder_moves_the_levels_below_part_of_the_way_to_another_encoder(tmp_path):
     from refinenet.train import backbone_keys_through_level, interpolate_encoder
 
