@@ -420,6 +420,15 @@ def trained_run_and_another_encoder(tmp_path):
     return folder, load_folder(folder).state_dict(), tmp_path / "encoder.safetensors", encoder
 
 
+def train_on_from(tmp_path, start, encoder_file, **overrides):
+    """A second tiny run, one epoch from the model folder ``start`` on the encoder file: the run
+    folder it wrote."""
+    config = tiny_config(
+        tmp_path, 1, name="second", backbone_weights=str(encoder_file), init_from=str(start), **overrides
+    )
+    return train(config, progress=False)
+
+
 def test_a_run_can_start_its_decoder_alone_from_a_model_folder(tmp_path):
     """init_decoder_from: the folder's decoder on the encoder that backbone_weights gives (here a
     file, kept frozen): a trained decoder re-fitted to its encoder's original weights."""
@@ -467,18 +476,7 @@ def test_freeze_backbone_levels_keeps_the_encoder_below_a_level_as_given_over_in
     assert all(k in keys for k in model.backbone.state_dict() if int(k.split(".")[1]) <= 6)
     with pytest.raises(ValueError, match="0..3"):
         tiny_config(tmp_path, 1, freeze_backbone_levels=4)
-    second = train(
-        tiny_config(
-            tmp_path,
-            1,
-            name="second",
-            backbone_weights=str(encoder_file),
-            init_from=str(start),
-            freeze_backbone_levels=2,
-            lr_backbone=0.01,
-        ),
-        progress=False,
-    )
+    second = train_on_from(tmp_path, start, encoder_file, freeze_backbone_levels=2, lr_backbone=0.01)
     after = load_folder(second / "model").state_dict()
     for k in keys:
         assert torch.equal(after[f"backbone.{k}"], encoder[k]), k
@@ -499,17 +497,8 @@ def test_init_encoder_mix_starts_a_run_from_a_folder_with_its_lower_encoder_move
         tiny_config(tmp_path, 1, init_encoder_mix={"weight": 0.5, "through_level": 2})
     with pytest.raises(ValueError, match="through_level 1..4"):
         tiny_config(tmp_path, 1, init_from=str(start), init_encoder_mix={"weight": 1.5, "through_level": 2})
-    second = train(
-        tiny_config(
-            tmp_path,
-            1,
-            name="second",
-            backbone_weights=str(encoder_file),
-            init_from=str(start),
-            init_encoder_mix={"weight": 0.5, "through_level": 2},
-            freeze_backbone=True,
-        ),
-        progress=False,
+    second = train_on_from(
+        tmp_path, start, encoder_file, init_encoder_mix={"weight": 0.5, "through_level": 2}, freeze_backbone=True
     )
     after = load_folder(second / "model").state_dict()
     moved = 0
