@@ -563,7 +563,9 @@ def main() -> int:
     if args.mix_encoder is not None:
         training += [
             "",
-            f"The released backbone, up to RefineNet-{args.mix_through_level}'s tap, is the run's backbone "
+            f"The released backbone, up to RefineNet-{args.mix_through_level}'s tap"
+            + (" (all of it)" if args.mix_through_level == 4 else "")
+            + ", is the run's backbone "
             f"moved {args.mix_weight:g} of the way back to the encoder in `{args.mix_encoder.as_posix()}` "
             "(`--mix-encoder` in the release command; a weight-space ensemble, `refinenet.train.interpolate_encoder`).",
         ]
