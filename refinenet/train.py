@@ -144,6 +144,8 @@ class TrainConfig:
     # the box-based options that class_mix does not.
     cut_mix: float = 0.0
     optimizer: str = "adamw"  # or "sgd" (momentum 0.9), the Light-Weight RefineNet authors' choice
+    # 0 (with backbone_bn: frozen) keeps the backbone exactly as the run starts it, init_from's
+    # and init_encoder_mix's moves included, where freeze_backbone keeps backbone_weights' own.
     lr_backbone: float = 5e-4
     lr_decoder: float = 5e-3
     weight_decay: float = 1e-4
@@ -179,6 +181,15 @@ class TrainConfig:
                 raise ValueError(f"init_encoder_mix: weight in (0, 1] and through_level 1..4, not {mix}")
         if self.backbone_bn not in ("train", "frozen"):
             raise ValueError(f"backbone_bn must be 'train' or 'frozen', not {self.backbone_bn!r}")
+        if self.lr_decoder <= 0 or self.lr_backbone < 0:
+            raise ValueError(
+                f"lr_decoder must be above 0 and lr_backbone at least 0, not {self.lr_decoder}, {self.lr_backbone}"
+            )
+        if self.lr_backbone == 0 and self.backbone_bn != "frozen" and not self.freeze_backbone:
+            raise ValueError(
+                "lr_backbone 0 keeps the backbone's weights as the run starts them, but its batch norms would still "
+                "move their statistics: set backbone_bn: frozen as well"
+            )
         if self.partial_labels_from_boxes and self.class_mix:
             raise ValueError("class_mix and partial_labels_from_boxes do not combine: a pasted region has no boxes")
         for name in ("class_mix", "cut_mix"):

@@ -309,6 +309,41 @@ def chain(config: Path) -> list[Path]:
     return configs
 
 
+def member_config(config: Path, folder: Path) -> Path | None:
+    """The config of the run whose ``model-e<N>`` folder ``folder`` is (``<name>.yaml`` beside
+    ``config``, as for :func:`starting_point`), or ``None`` for any other folder (a release checked
+    out elsewhere: the card's notes say how to get it)."""
+    candidate = config.parent / f"{folder.parent.name}.yaml"
+    if not folder.name.removeprefix("model-e").isdigit() or not candidate.is_file():
+        return None
+    return candidate
+
+
+def member_commands(config: Path, folder: Path) -> list[str]:
+    """The commands that train a ``--mix-model`` member up to the epoch its folder holds, when it
+    is a run's ``model-e<N>`` (:func:`member_config`); nothing otherwise."""
+    member = member_config(config, folder)
+    if member is None:
+        return []
+    epoch = int(folder.name.removeprefix("model-e"))
+    return reproduce_commands(member, run_epochs(TrainConfig.load(member).run_dir), epoch)
+
+
+def unique(lines: list[str]) -> list[str]:
+    """``lines`` without repeats, first occurrence kept: runs that share ancestors list them once."""
+    return list(dict.fromkeys(lines))
+
+
+def soup_shares(folders: list[Path], weights: list[float]) -> list[tuple[Path, float]]:
+    """Each model's share of the average that moving from ``folders[0]`` the share ``weights[i]``
+    of the way to ``folders[i + 1]``, in order, ends at: every move scales the shares so far by
+    ``1 - w`` and gives ``w`` to the new model, so the shares always sum to 1."""
+    shares = [1.0]
+    for weight in weights:
+        shares = [share * (1 - weight) for share in shares] + [weight]
+    return list(zip(folders, shares, strict=True))
+
+
 def training_summary(epochs: list[dict], released: str) -> str:
     """Loss per epoch, and each validated epoch's figures (the train/val gap and which epoch
     was kept), from the run's records (:func:`run_epochs`)."""
@@ -384,14 +419,20 @@ def main() -> int:
     parser.add_argument(
         "--mix-model",
         type=Path,
-        default=None,
+        action="append",
+        default=[],
         metavar="FOLDER",
         help="a model folder of the same architecture on the same line of fine-tuning (e.g. a re-fit of the "
-        "run's decoder): move every tensor of the released model the share --mix-model-weight of the way to "
-        "it (refinenet.train.interpolate_weights), before any --mix-encoder",
+        "run's decoder, another epoch or seed): move every tensor of the released model the share "
+        "--mix-model-weight of the way to it (refinenet.train.interpolate_weights), before any --mix-encoder; "
+        "repeatable, applied in order, so several make a weighted average of the run and them (a model soup)",
     )
     parser.add_argument(
-        "--mix-model-weight", type=float, default=None, help="the share, in (0, 1]; needed with --mix-model"
+        "--mix-model-weight",
+        type=float,
+        action="append",
+        default=[],
+        help="the share, in (0, 1]; one per --mix-model",
     )
     parser.add_argument(
         "--mix-encoder",
@@ -420,8 +461,8 @@ def main() -> int:
     if (args.mix_encoder is None) != (args.mix_weight is None):
         print("error: --mix-encoder and --mix-weight go together", file=sys.stderr)
         return 2
-    if (args.mix_model is None) != (args.mix_model_weight is None):
-        print("error: --mix-model and --mix-model-weight go together", file=sys.stderr)
+    if len(args.mix_model) != len(args.mix_model_weight):
+        print("error: give one --mix-model-weight per --mix-model", file=sys.stderr)
         return 2
     profile = DATASETS[args.dataset]
     split, tag = profile.split, profile.metric
@@ -442,8 +483,8 @@ def main() -> int:
     # Write the weights first and evaluate the written folder, so that the published numbers
     # are those of the committed (possibly fp16) tensors, not of the run's fp32 copy.
     model = from_pretrained(str(model_dir))
-    if args.mix_model is not None:
-        interpolate_weights(model, from_pretrained(str(args.mix_model)).state_dict(), args.mix_model_weight)
+    for folder, weight in zip(args.mix_model, args.mix_model_weight, strict=True):
+        interpolate_weights(model, from_pretrained(str(folder)).state_dict(), weight)
     if args.mix_encoder is not None:
         from safetensors.torch import load_file
 
@@ -504,10 +545,9 @@ def main() -> int:
         + ("" if args.dataset == "camvid" else f" --dataset {args.dataset}")
         + ("" if args.epoch is None else f" --epoch {args.epoch}")
         + (" --fp16" if args.fp16 else "")
-        + (
-            ""
-            if args.mix_model is None
-            else f" \\\n    --mix-model {args.mix_model.as_posix()} --mix-model-weight {args.mix_model_weight:g}"
+        + "".join(
+            f" \\\n    --mix-model {folder.as_posix()} --mix-model-weight {weight:g}"
+            for folder, weight in zip(args.mix_model, args.mix_model_weight, strict=True)
         )
         + (
             ""
@@ -530,7 +570,12 @@ def main() -> int:
             if encoder_file.endswith(".safetensors")
             else []
         ),
-        *reproduce_commands(args.config, epochs, args.epoch),
+        *unique(
+            [
+                *reproduce_commands(args.config, epochs, args.epoch),
+                *(line for folder in args.mix_model for line in member_commands(args.config, folder)),
+            ]
+        ),
         release_cmd,
         "```",
         "",
@@ -553,12 +598,21 @@ def main() -> int:
             f"The run started from the decoder of `{train_config.init_decoder_from}` (the commands above) on the "
             "encoder that `backbone_weights` names.",
         ]
-    if args.mix_model is not None:
+    if len(args.mix_model) == 1:
         training += [
             "",
-            f"Every tensor of the released model is the run's moved {args.mix_model_weight:g} of the way to "
-            f"`{args.mix_model.as_posix()}` (`--mix-model` in the release command; a weight-space ensemble, "
+            f"Every tensor of the released model is the run's moved {args.mix_model_weight[0]:g} of the way to "
+            f"`{args.mix_model[0].as_posix()}` (`--mix-model` in the release command; a weight-space ensemble, "
             "`refinenet.train.interpolate_weights`).",
+        ]
+    elif args.mix_model:
+        shares = soup_shares([model_dir, *args.mix_model], args.mix_model_weight)
+        training += [
+            "",
+            "Every tensor of the released model is a weighted average of these models' (the `--mix-model` moves "
+            "of the release command, in order; a model soup, `refinenet.train.interpolate_weights`): "
+            + ", ".join(f"`{folder.as_posix()}` {share:.3g}" for folder, share in shares)
+            + ".",
         ]
     if args.mix_encoder is not None:
         training += [
@@ -569,7 +623,8 @@ def main() -> int:
             f"moved {args.mix_weight:g} of the way back to the encoder in `{args.mix_encoder.as_posix()}` "
             "(`--mix-encoder` in the release command; a weight-space ensemble, `refinenet.train.interpolate_encoder`).",
         ]
-    kept = keep_logs(out, [*chain(args.config), *args.comparison])
+    members = [config for folder in args.mix_model if (config := member_config(args.config, folder))]
+    kept = keep_logs(out, [*chain(args.config), *(c for m in members for c in chain(m)), *args.comparison])
     if kept:
         training += [
             "",

@@ -65,7 +65,7 @@ def test_config_describes_a_consistent_model(path):
     model = cfg.model_config()
     assert cfg.name == path.stem
     assert len(model.class_names) == model.num_classes == len(model.palette)
-    assert cfg.optimizer in ("adamw", "sgd") and 0 < cfg.lr_backbone <= cfg.lr_decoder
+    assert cfg.optimizer in ("adamw", "sgd") and 0 <= cfg.lr_backbone <= cfg.lr_decoder
     # The data folder is named once, in refinenet.data: configs name the dataset, not its path.
     assert cfg.data["kind"] in ("camvid", "voc2007-pseudo") and "root" not in cfg.data
     assert model.ignore_index == cfg.data["ignore_index"]

@@ -159,6 +159,33 @@ def test_a_fine_tune_is_reproduced_by_training_its_starting_point_first(release,
         release.reproduce_commands(tune, [], None)
 
 
+def test_a_soup_lists_each_members_share_and_how_to_train_it(release, tmp_path):
+    """Moving from the run's weights 2/3 of the way to A, then 1/4 of the way to B, averages
+    them as run 1/4 (1/3 x 3/4), A 1/2 (2/3 x 3/4), B 1/4; a member that is a run's model-e<N>
+    brings the commands that train it, once even when members share a run."""
+    run, a, b = Path("runs/x/model-e1"), Path("elsewhere/release"), Path("runs/x/model-e2")
+    shares = release.soup_shares([run, a, b], [2 / 3, 1 / 4])
+    assert [folder for folder, _ in shares] == [run, a, b]
+    assert [share for _, share in shares] == pytest.approx([1 / 4, 1 / 2, 1 / 4])
+    with pytest.raises(ValueError):
+        release.soup_shares([run, a], [0.5, 0.5])  # a weight with no member
+    runs = tmp_path / "runs"
+    (tmp_path / "x.yaml").write_text(f"name: x\nmodel: {{num_classes: 2}}\ndata: {{}}\nepochs: 2\noutput_dir: {runs}\n")
+    (runs / "x").mkdir(parents=True)
+    (runs / "x" / "log.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2)))
+    config = tmp_path / "x.yaml"
+    assert release.member_commands(config, runs / "x" / "model-e2") == [f"refinenet train {config.as_posix()}"]
+    assert release.member_commands(config, tmp_path / "elsewhere" / "release") == []  # not a run's folder
+    lines = [
+        *release.member_commands(config, runs / "x" / "model-e1"),
+        *release.member_commands(config, runs / "x" / "model-e2"),
+    ]
+    assert release.unique(lines + lines) == [
+        f"refinenet train {config.as_posix()} --until-epoch 1",
+        f"refinenet train {config.as_posix()}",
+    ]
+
+
 def test_a_lost_run_folder_is_read_from_the_log_a_release_kept(release, tmp_path, monkeypatch):
     """Run folders stay out of git: when a chained run's folder is gone, the reproduce commands and
     the comparison come from the copy of its log a release kept, and a new release keeps copies of

@@ -512,6 +512,36 @@ def test_init_encoder_mix_starts_a_run_from_a_folder_with_its_lower_encoder_move
     assert moved > 0
 
 
+def test_a_backbone_rate_of_zero_keeps_the_mixed_encoder_while_the_decoder_learns(tmp_path):
+    """lr_backbone 0 with frozen batch norms: the run's backbone stays exactly where init_from and
+    init_encoder_mix put it (blocks 0-6 half-way to the file, which is the folder's plus 1), unlike
+    freeze_backbone, which would reset it to the file's; the decoder still trains. Without frozen
+    batch norms the statistics would move, so that is refused."""
+    from refinenet.folder import load_folder
+
+    start, trained, encoder_file, _ = trained_run_and_another_encoder(tmp_path)
+    with pytest.raises(ValueError, match="backbone_bn: frozen"):
+        tiny_config(tmp_path, 1, lr_backbone=0.0)
+    with pytest.raises(ValueError, match="at least 0"):
+        tiny_config(tmp_path, 1, lr_backbone=-1e-3)
+    second = train_on_from(
+        tmp_path,
+        start,
+        encoder_file,
+        init_encoder_mix={"weight": 0.5, "through_level": 2},
+        lr_backbone=0.0,
+        backbone_bn="frozen",
+        optimizer="sgd",
+        weight_decay=0.1,
+    )
+    after = load_folder(second / "model").state_dict()
+    for k, v in after.items():
+        if k.startswith("backbone.") and v.is_floating_point():
+            expected = trained[k] + 0.5 if int(k.split(".")[2]) <= 6 else trained[k]
+            assert torch.allclose(v, expected, atol=1e-6), k
+    assert not torch.equal(after["classifier.weight"], trained["classifier.weight"])
+
+
 def test_interpolate_encoder_moves_the_levels_below_part_of_the_way_to_another_encoder(tmp_path):
     from refinenet.train import backbone_keys_through_level, interpolate_encoder
 
