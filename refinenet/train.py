@@ -181,10 +181,8 @@ class TrainConfig:
                 raise ValueError(f"init_encoder_mix: weight in (0, 1] and through_level 1..4, not {mix}")
         if self.backbone_bn not in ("train", "frozen"):
             raise ValueError(f"backbone_bn must be 'train' or 'frozen', not {self.backbone_bn!r}")
-        if self.lr_decoder <= 0 or self.lr_backbone < 0:
-            raise ValueError(
-                f"lr_decoder must be above 0 and lr_backbone at least 0, not {self.lr_decoder}, {self.lr_backbone}"
-            )
+        if self.lr_decoder < 0 or self.lr_backbone < 0:
+            raise ValueError(f"learning rates must be at least 0, not {self.lr_backbone} and {self.lr_decoder}")
         if self.lr_backbone == 0 and self.backbone_bn != "frozen" and not self.freeze_backbone:
             raise ValueError(
                 "lr_backbone 0 keeps the backbone's weights as the run starts them, but its batch norms would still "
