@@ -293,11 +293,20 @@ def starting_point(config: Path) -> tuple[Path, int] | None:
     init_from = cfg.init_from or cfg.init_decoder_from
     if not init_from:
         return None
-    start = Path(init_from)
-    epoch = start.name.removeprefix("model-e")
-    parent = config.parent / f"{start.parent.name}.yaml"
-    if not epoch.isdigit() or not parent.is_file():
+    start = run_of_folder(config, Path(init_from))
+    if start is None:
         raise SystemExit(f"error: init_from {init_from} is not the model-e<N> of a run configured beside {config}")
+    return start
+
+
+def run_of_folder(config: Path, folder: Path) -> tuple[Path, int] | None:
+    """The config and epoch of the run whose ``model-e<N>`` folder ``folder`` is (the config being
+    ``<name>.yaml`` beside ``config``), or ``None`` for any other folder (such as a release checked
+    out elsewhere, which the card's notes say how to get)."""
+    epoch = folder.name.removeprefix("model-e")
+    parent = config.parent / f"{folder.parent.name}.yaml"
+    if not epoch.isdigit() or not parent.is_file():
+        return None
     return parent, int(epoch)
 
 
@@ -309,23 +318,13 @@ def chain(config: Path) -> list[Path]:
     return configs
 
 
-def member_config(config: Path, folder: Path) -> Path | None:
-    """The config of the run whose ``model-e<N>`` folder ``folder`` is (``<name>.yaml`` beside
-    ``config``, as for :func:`starting_point`), or ``None`` for any other folder (a release checked
-    out elsewhere: the card's notes say how to get it)."""
-    candidate = config.parent / f"{folder.parent.name}.yaml"
-    if not folder.name.removeprefix("model-e").isdigit() or not candidate.is_file():
-        return None
-    return candidate
-
-
 def member_commands(config: Path, folder: Path) -> list[str]:
     """The commands that train a ``--mix-model`` member up to the epoch its folder holds, when it
-    is a run's ``model-e<N>`` (:func:`member_config`); nothing otherwise."""
-    member = member_config(config, folder)
-    if member is None:
+    is a run's ``model-e<N>`` (:func:`run_of_folder`); nothing otherwise."""
+    run = run_of_folder(config, folder)
+    if run is None:
         return []
-    epoch = int(folder.name.removeprefix("model-e"))
+    member, epoch = run
     return reproduce_commands(member, run_epochs(TrainConfig.load(member).run_dir), epoch)
 
 
@@ -623,7 +622,7 @@ def main() -> int:
             f"moved {args.mix_weight:g} of the way back to the encoder in `{args.mix_encoder.as_posix()}` "
             "(`--mix-encoder` in the release command; a weight-space ensemble, `refinenet.train.interpolate_encoder`).",
         ]
-    members = [config for folder in args.mix_model if (config := member_config(args.config, folder))]
+    members = [run[0] for folder in args.mix_model if (run := run_of_folder(args.config, folder))]
     kept = keep_logs(out, [*chain(args.config), *(c for m in members for c in chain(m)), *args.comparison])
     if kept:
         training += [
