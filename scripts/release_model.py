@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,12 +322,30 @@ def chain(config: Path) -> list[Path]:
 
 def member_commands(config: Path, folder: Path) -> list[str]:
     """The commands that train a ``--mix-model`` member up to the epoch its folder holds, when it
-    is a run's ``model-e<N>`` (:func:`run_of_folder`); nothing otherwise."""
+    is a run's ``model-e<N>`` (:func:`run_of_folder`); the command that checks it out, when it lies
+    in another checkout of the repository (:func:`checkout_command`); nothing otherwise."""
     run = run_of_folder(config, folder)
     if run is None:
-        return []
+        return checkout_command(folder)
     member, epoch = run
     return reproduce_commands(member, run_epochs(TrainConfig.load(member).run_dir), epoch)
+
+
+def checkout_command(folder: Path) -> list[str]:
+    """``git worktree add <checkout> <commit>`` when ``folder`` lies in a git checkout other than
+    the current one: a past release's weights, which git keeps, so its commit recreates it
+    (``git worktree add ../previous-release a4ec439``). Nothing for any other folder."""
+
+    def git(*args: str) -> str | None:
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    if not folder.is_dir():
+        return []
+    top, commit = git("rev-parse", "--show-toplevel"), git("rev-parse", "--short", "HEAD")
+    if top is None or commit is None or Path(top).resolve() == ROOT:
+        return []
+    return [f"git worktree add {Path(os.path.relpath(top)).as_posix()} {commit}"]
 
 
 def unique(lines: list[str]) -> list[str]:

@@ -4,6 +4,7 @@ and training logs (the script itself evaluates real data, which tests do not hav
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,7 @@ def test_a_soup_lists_each_members_share_and_how_to_train_it(release, tmp_path):
     config = tmp_path / "x.yaml"
     assert release.member_commands(config, runs / "x" / "model-e2") == [f"refinenet train {config.as_posix()}"]
     assert release.member_commands(config, tmp_path / "elsewhere" / "release") == []  # not a run's folder
+    assert release.member_commands(config, Path(release.__file__).parent) == []  # this very checkout
     lines = [
         *release.member_commands(config, runs / "x" / "model-e1"),
         *release.member_commands(config, runs / "x" / "model-e2"),
@@ -247,3 +249,25 @@ def test_a_release_keeps_the_eval_json_of_the_models_beside_it(release, tmp_path
     assert json.loads((out / "references" / "teacher.json").read_text()) == teacher
     # A release without references leaves no earlier release's copies behind to mislead.
     assert release.keep_references(out, []) == [] and not (out / "references").exists()
+
+
+def test_a_soup_member_from_another_checkout_comes_with_the_command_that_recreates_it(release, tmp_path, monkeypatch):
+    """A past release's folder, checked out beside the repository at its commit, is reproduced by
+    checking that commit out again at the same place, relative to where the release command runs."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
+    old = tmp_path / "previous-release"
+    (old / "weights" / "model").mkdir(parents=True)
+    (old / "weights" / "model" / "config.json").write_text("{}")
+    subprocess.run([*git, "init", "-q", str(old)], check=True)
+    subprocess.run([*git, "-C", str(old), "add", "."], check=True)
+    subprocess.run([*git, "-C", str(old), "commit", "-qm", "release"], check=True)
+    commit = subprocess.run(
+        ["git", "-C", str(old), "log", "-1", "--format=%h"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    here = tmp_path / "repo"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    config = here / "x.yaml"
+    assert release.member_commands(config, old / "weights" / "model") == [
+        f"git worktree add ../previous-release {commit}"
+    ]
