@@ -14,12 +14,18 @@ say whether the objects people outlined are there, and nothing is painted where 
 outside pixels are also split by what the labels say there (background, unlabelled, an object
 class), which tells a gap in the labels (unlabelled pixels teach nothing) from a model that
 overrides them.
+
+A held-out split is a sample of photos, and a figure on it would move with another sample:
+:func:`bootstrap_intervals` draws the photos again with replacement and reports the range the
+figures span, and :func:`bootstrap_difference` compares two models on the same draws, which says
+how far a difference of a few tenths on 300 photos can be trusted.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence, Sized
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +131,11 @@ class BoxCounts:
             kinds = (background, unlabelled, ~background & ~unlabelled)
             self.outside_by_label += np.array([int((outside & kind).sum()) for kind in kinds])
 
+    def totals(self) -> np.ndarray:
+        """Boxes found, boxes, pixels outside and pixels given an object class, over all classes:
+        what *found* and *outside* are the ratios of, so that per-image differences of these add up."""
+        return np.array([self.found.sum(), self.boxes.sum(), self.outside.sum(), self.predicted.sum()])
+
     def metrics(self, class_names: Sequence[str] | None = None) -> dict:
         """Percentages overall and per class (``None`` where a class has no box or no pixel), and
         with labels the share of the outside pixels labelled background, unlabelled or an object."""
@@ -154,6 +165,83 @@ class BoxCounts:
         return result
 
 
+@dataclass
+class ImageCounts:
+    """What the figures of a split are computed from, kept image by image: ``confusions`` is
+    ``N x C x C``, ``box_totals`` ``N x 4`` (each image's :meth:`BoxCounts.totals`; ``None``
+    without boxes). Summed over any sample of the images they give that sample's figures."""
+
+    confusions: np.ndarray
+    box_totals: np.ndarray | None = None
+
+    def figures_of_draws(self, draws: np.ndarray) -> dict[str, np.ndarray]:
+        """mIoU, and *found* and *outside* with boxes, in percent, of each row of ``draws``
+        (``R x N``: how many times each image is drawn), computed from the summed counts
+        exactly as a whole split's figures are (:func:`metrics_from_confusion`)."""
+        n, c, _ = self.confusions.shape
+        cm = (draws @ self.confusions.reshape(n, c * c).astype(np.float64)).reshape(len(draws), c, c)
+        tp = np.diagonal(cm, axis1=1, axis2=2)
+        union = cm.sum(axis=2) + cm.sum(axis=1) - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = np.where(union > 0, tp / union, np.nan)
+            figures = {"mIoU": np.nanmean(iou, axis=1) * 100}
+            if self.box_totals is not None:
+                sums = draws @ self.box_totals.astype(np.float64)
+                figures["found"] = sums[:, 0] / sums[:, 1] * 100
+                figures["outside"] = sums[:, 2] / sums[:, 3] * 100
+        return figures
+
+
+def _draws(images: int, rounds: int, seed: int) -> np.ndarray:
+    """``rounds x images``: how many times each image is drawn in each of ``rounds`` samples of
+    ``images`` images with replacement. The same seed gives the same samples, so two models
+    evaluated on the same split are compared on the same draws."""
+    return np.random.default_rng(seed).multinomial(images, np.full(images, 1 / images), size=rounds).astype(np.float64)
+
+
+def _interval(values: np.ndarray, level: float) -> list[float] | None:
+    """The central ``level`` percentile interval of the defined values (a draw without a box, or
+    without an object pixel, defines no *found* or *outside*); ``None`` when none is."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1, not {level}")
+    defined = values[np.isfinite(values)]
+    tail = (1 - level) / 2
+    return [float(np.quantile(defined, q)) for q in (tail, 1 - tail)] if defined.size else None
+
+
+def bootstrap_intervals(counts: ImageCounts, rounds: int = 1000, level: float = 0.9, seed: int = 0) -> dict:
+    """Percentile intervals of mIoU, and of *found* and *outside* with boxes, over ``rounds``
+    samples of the images drawn with replacement (the bootstrap): how much each figure depends
+    on which photos the split holds. ``{"level", "rounds", "seed", "mIoU": [low, high], "found":
+    [...], "outside": [...]}`` in percent."""
+    figures = counts.figures_of_draws(_draws(len(counts.confusions), rounds, seed))
+    return {"level": level, "rounds": rounds, "seed": seed} | {k: _interval(v, level) for k, v in figures.items()}
+
+
+def bootstrap_difference(
+    counts: ImageCounts, other: ImageCounts, rounds: int = 1000, level: float = 0.9, seed: int = 0
+) -> dict:
+    """Two models on the same images, compared on the same draws (a paired bootstrap): the
+    percentile interval of each figure's difference (``counts`` minus ``other``) and the share of
+    draws in which ``counts`` has the higher figure. Pairing removes what both models share, the
+    photos' difficulty, which is most of either figure's spread; so a difference can be clear even
+    where the two models' own intervals overlap."""
+    if counts.confusions.shape != other.confusions.shape:
+        raise ValueError(
+            f"the two models were counted on different images or classes: {counts.confusions.shape} "
+            f"against {other.confusions.shape}"
+        )
+    draws = _draws(len(counts.confusions), rounds, seed)
+    mine, theirs = counts.figures_of_draws(draws), other.figures_of_draws(draws)
+    result: dict = {"level": level, "rounds": rounds, "seed": seed, "higher_in": {}}
+    for name in mine.keys() & theirs.keys():
+        difference = mine[name] - theirs[name]
+        result[name] = _interval(difference, level)
+        defined = difference[np.isfinite(difference)]
+        result["higher_in"][name] = float((defined > 0).mean() * 100) if defined.size else None
+    return result
+
+
 def segment_logits(
     model: nn.Module, x: Tensor, out_size: tuple[int, int], scales: Sequence[float] = (1.0,), flip: bool = False
 ) -> Tensor:
@@ -178,6 +266,44 @@ def segment_logits(
 
 
 @torch.inference_mode()
+def count_images(
+    model: nn.Module,
+    dataset: Dataset,
+    num_classes: int,
+    ignore_index: int | None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> tuple[ImageCounts, BoxCounts | None]:
+    """Predict every image of ``dataset`` at its full resolution (batch 1, so frames of
+    different sizes are fine) and count: each image's confusion matrix and box totals, and the
+    per-class box counts of the whole split when the samples carry human boxes (``with_boxes``)."""
+    assert isinstance(dataset, Sized), "a map-style dataset, with a length"
+    was_training = model.training
+    model.eval()
+    box_counts = None
+    confusions: list[np.ndarray] = []
+    box_totals: list[np.ndarray] = []
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=1)
+    for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
+        x, y = batch[0], batch[1]
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        probs = segment_logits(model, x, tuple(y.shape[-2:]), scales, flip)
+        # max(1).indices: argmax (first index on ties) at a third of the CPU cost of .argmax(1).
+        prediction = probs.max(1).indices.cpu()
+        confusions.append(confusion_matrix(prediction, y, num_classes, ignore_index).numpy())
+        if len(batch) == 4:
+            box_counts = box_counts or BoxCounts(num_classes)
+            before = box_counts.totals()
+            box_counts.add(prediction[0], batch[2][0], y[0], ignore_index)
+            box_totals.append(box_counts.totals() - before)
+    model.train(was_training)
+    empty = np.zeros((0, num_classes, num_classes), np.int64)
+    counts = ImageCounts(np.stack(confusions) if confusions else empty, np.stack(box_totals) if box_totals else None)
+    return counts, box_counts
+
+
 def evaluate_model(
     model: nn.Module,
     dataset: Dataset,
@@ -189,33 +315,28 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> dict:
-    """Evaluate on every image of ``dataset`` at its full resolution (batch 1, so frames of
-    different sizes are fine). Returns :func:`metrics_from_confusion` plus the confusion matrix,
-    and :meth:`BoxCounts.metrics` when the samples carry human boxes (``with_boxes``)."""
-    assert isinstance(dataset, Sized), "a map-style dataset, with a length"
-    was_training = model.training
-    model.eval()
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    box_counts = None
-    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=1)
-    for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
-        x, y = batch[0], batch[1]
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        probs = segment_logits(model, x, tuple(y.shape[-2:]), scales, flip)
-        # max(1).indices: argmax (first index on ties) at a third of the CPU cost of .argmax(1).
-        prediction = probs.max(1).indices.cpu()
-        confusion += confusion_matrix(prediction, y, num_classes, ignore_index)
-        if len(batch) == 4:
-            box_counts = box_counts or BoxCounts(num_classes)
-            box_counts.add(prediction[0], batch[2][0], y[0], ignore_index)
-    model.train(was_training)
+    """The figures of :func:`count_images`: :func:`metrics_from_confusion` plus the confusion
+    matrix, and :meth:`BoxCounts.metrics` when the samples carry human boxes."""
+    counts, box_counts = count_images(model, dataset, num_classes, ignore_index, scales, flip, device, progress)
+    return split_result(counts, box_counts, class_names, scales, flip)
+
+
+def split_result(
+    counts: ImageCounts,
+    box_counts: BoxCounts | None,
+    class_names: Sequence[str] | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> dict:
+    """The whole split's figures from its counts (what :func:`evaluate_model` returns)."""
+    confusion = counts.confusions.sum(axis=0)
     result = metrics_from_confusion(confusion, class_names)
     if box_counts is not None:
         result.update(box_counts.metrics(class_names))
     result["confusion_matrix"] = confusion.tolist()
     result["scales"] = list(scales)
     result["flip"] = flip
-    result["images"] = len(dataset)
+    result["images"] = len(counts.confusions)
     return result
 
 

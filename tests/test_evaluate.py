@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from refinenet.evaluate import confusion_matrix, metrics_from_confusion, plot_confusion
+from refinenet.evaluate import (
+    ImageCounts,
+    bootstrap_difference,
+    bootstrap_intervals,
+    confusion_matrix,
+    metrics_from_confusion,
+    plot_confusion,
+)
 
 
 def test_confusion_matrix_counts_by_hand_and_skips_ignored_pixels():
@@ -170,11 +177,41 @@ def test_eval_reports_found_and_outside_where_the_split_has_human_boxes(tmp_path
                 str(out),
                 "--device",
                 "cpu",
+                "--bootstrap",
+                "200",
+                "--against",
+                str(tmp_path / "model"),
             ]
         )
         == 0
     )
     result = json.loads(out.read_text())
+    # Two photos: a draw of both gives the split's own figures, which lie between those of
+    # either photo drawn twice (a ratio of sums lies between the ratios), so inside the interval.
+    spread = result["bootstrap"]
+    assert spread["rounds"] == 200
+    assert spread["found"][0] <= result["found"] <= spread["found"][1]
+    # Against itself, on the same draws, every difference is zero and it is never higher.
+    paired = spread["against"]
+    assert paired["model"] == str(tmp_path / "model")
+    assert paired["mIoU"] == [0.0, 0.0] and paired["found"] == [0.0, 0.0]
+    assert paired["higher_in"]["mIoU"] == 0.0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tmp_path / "model"),
+                "--data",
+                str(tmp_path / "data"),
+                "--split",
+                "val",
+                "--against",
+                str(tmp_path / "model"),
+            ]
+        )
+        == 2
+    )  # --against needs --bootstrap
 
     found = total = outside = predicted = 0
     mean, std = np.array(model.config.mean), np.array(model.config.std)
@@ -194,3 +231,53 @@ def test_eval_reports_found_and_outside_where_the_split_has_human_boxes(tmp_path
     assert result["boxes"] == 3
     assert result["found"] == pytest.approx(found / total * 100)
     assert result["outside"] == pytest.approx(outside / predicted * 100 if predicted else float("nan"), nan_ok=True)
+
+
+def test_bootstrap_intervals_span_what_the_draws_of_two_images_can_give():
+    """Image A is all right (mIoU 100, its box found, nothing outside), image B all wrong (0, not
+    found, all of its 10 object pixels outside). Two draws with replacement give AA (1/4 of the
+    time), AB (1/2) or BB (1/4): mIoU 100, 33.33 (each class 10 / (20 + 20 - 10)) or 0; found 100,
+    50 or 0; outside 0, 50 or 100. A 90% interval reaches from BB to AA; a 40% one, from the 30th
+    to the 70th percentile, lies inside AB's half."""
+    a = np.array([[10, 0], [0, 10]])
+    b = np.array([[0, 10], [10, 0]])
+    totals = np.array([[1, 1, 0, 10], [0, 1, 10, 10]])  # found, boxes, outside, object pixels
+    wide = bootstrap_intervals(ImageCounts(np.stack([a, b]), totals), rounds=4000, level=0.9)
+    assert wide["mIoU"] == pytest.approx([0, 100])
+    assert wide["found"] == pytest.approx([0, 100])
+    assert wide["outside"] == pytest.approx([0, 100])
+    narrow = bootstrap_intervals(ImageCounts(np.stack([a, b]), totals), rounds=4000, level=0.4)
+    assert narrow["mIoU"] == pytest.approx([100 / 3, 100 / 3])
+    assert narrow["found"] == pytest.approx([50, 50])
+    assert narrow["outside"] == pytest.approx([50, 50])
+    assert (narrow["rounds"], narrow["level"]) == (4000, 0.4)
+
+
+def test_bootstrap_of_identical_images_has_no_spread_and_without_boxes_reports_miou_alone():
+    cm = np.array([[6, 2, 0], [1, 5, 0], [0, 0, 0]])  # class 2 absent: left out, as in the mean
+    spread = bootstrap_intervals(ImageCounts(np.stack([cm] * 5)), rounds=50)
+    expected = metrics_from_confusion(cm)["mIoU"]
+    assert spread["mIoU"] == pytest.approx([expected, expected])
+    assert "found" not in spread and "outside" not in spread
+    with pytest.raises(ValueError):
+        bootstrap_intervals(ImageCounts(np.stack([cm])), rounds=10, level=1.0)
+
+
+def test_a_paired_bootstrap_compares_two_models_on_the_same_draws():
+    """Model X gets images A and B right; model Y gets A right and B all wrong. On the draws AA
+    (1/4), AB (1/2) and BB (1/4), X scores 100 and Y 100, 33.33 or 0: the difference is 0, 66.67
+    or 100, and X is higher in the three quarters of draws that hold B. Unpaired, the two
+    models' intervals would overlap; paired, the 40% interval is exactly AB's difference."""
+    right, wrong = np.array([[10, 0], [0, 10]]), np.array([[0, 10], [10, 0]])
+    x = ImageCounts(np.stack([right, right]), np.array([[1, 1, 0, 10], [1, 1, 0, 10]]))
+    y = ImageCounts(np.stack([right, wrong]), np.array([[1, 1, 0, 10], [0, 1, 10, 10]]))
+    wide = bootstrap_difference(x, y, rounds=4000, level=0.9)
+    assert wide["mIoU"] == pytest.approx([0, 100])
+    assert wide["higher_in"]["mIoU"] == pytest.approx(75, abs=3)
+    narrow = bootstrap_difference(x, y, rounds=4000, level=0.4)
+    assert narrow["mIoU"] == pytest.approx([200 / 3, 200 / 3])
+    assert narrow["found"] == pytest.approx([50, 50])
+    assert narrow["outside"] == pytest.approx([-50, -50])  # X puts less outside
+    assert narrow["higher_in"]["outside"] == 0
+    with pytest.raises(ValueError, match="different images"):
+        bootstrap_difference(x, ImageCounts(np.stack([right])), rounds=10)
