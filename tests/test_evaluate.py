@@ -163,28 +163,9 @@ def test_eval_reports_found_and_outside_where_the_split_has_human_boxes(tmp_path
     model = refinenet.refinenet_mobilenetv2(num_classes=3, widths=[16, 16, 16, 16], ignore_index=255).eval()
     save_pretrained(model, tmp_path / "model")
     out = tmp_path / "r.json"
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                str(tmp_path / "model"),
-                "--data",
-                str(tmp_path / "data"),
-                "--split",
-                "val",
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-                "--bootstrap",
-                "200",
-                "--against",
-                str(tmp_path / "model"),
-            ]
-        )
-        == 0
-    )
+    split_args = ["eval", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--split", "val"]
+    paired_args = ["--bootstrap", "200", "--against", str(tmp_path / "model")]
+    assert main([*split_args, "--out", str(out), "--device", "cpu", *paired_args]) == 0
     result = json.loads(out.read_text())
     # Two photos: a draw of both gives the split's own figures, which lie between those of
     # either photo drawn twice (a ratio of sums lies between the ratios), so inside the interval.
@@ -196,22 +177,7 @@ def test_eval_reports_found_and_outside_where_the_split_has_human_boxes(tmp_path
     assert paired["model"] == str(tmp_path / "model")
     assert paired["mIoU"] == [0.0, 0.0] and paired["found"] == [0.0, 0.0]
     assert paired["higher_in"]["mIoU"] == 0.0
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                str(tmp_path / "model"),
-                "--data",
-                str(tmp_path / "data"),
-                "--split",
-                "val",
-                "--against",
-                str(tmp_path / "model"),
-            ]
-        )
-        == 2
-    )  # --against needs --bootstrap
+    assert main([*split_args, "--against", str(tmp_path / "model")]) == 2  # --against needs --bootstrap
 
     found = total = outside = predicted = 0
     mean, std = np.array(model.config.mean), np.array(model.config.std)
