@@ -234,7 +234,7 @@ def bootstrap_difference(
     draws = _draws(len(counts.confusions), rounds, seed)
     mine, theirs = counts.figures_of_draws(draws), other.figures_of_draws(draws)
     result: dict = {"level": level, "rounds": rounds, "seed": seed, "higher_in": {}}
-    for name in mine.keys() & theirs.keys():
+    for name in (name for name in mine if name in theirs):  # mIoU, found, outside, in that order
         difference = mine[name] - theirs[name]
         result[name] = _interval(difference, level)
         defined = difference[np.isfinite(difference)]
